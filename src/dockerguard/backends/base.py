@@ -1,0 +1,110 @@
+"""The one interface every firewall driver implements.
+
+A driver turns a Ruleset into the exact text/JSON it sends (`render`), sends it in one atomic
+transaction (`apply`), reads back what is installed (`installed`), and can snapshot, restore and
+remove its own objects. Drivers never print and never hold UI text beyond error causes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import BackendUnavailable
+from ..model import Ruleset
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Whether a driver can work on this host, and why not."""
+
+    backend: str
+    available: bool
+    reason: str
+    details: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Exactly what `apply` will send: `text` for humans and golden files, `payload` for the driver."""
+
+    backend: str
+    text: str
+    payload: Any = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class InstalledRule:
+    """One installed rule, reduced to what identifies it. Counters are reported, never compared."""
+
+    chain: str
+    description: str
+    packets: int = field(default=0, compare=False)
+    bytes: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class InstalledState:
+    """What a driver's objects in the kernel amount to, in a form comparable with `expected()`.
+
+    `hooks` are facts about how traffic reaches our rules (chain hook/priority, the jump from
+    DOCKER-USER, ...), `sets` hold normalised set contents.
+    """
+
+    backend: str
+    hooks: tuple[str, ...]
+    rules: tuple[InstalledRule, ...]
+    sets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Enough to put a driver's objects back exactly as they were; `data` is JSON-serialisable."""
+
+    backend: str
+    data: Any
+
+
+class Backend(ABC):
+    """A firewall driver. Subclasses are registered by `name` in `dockerguard.backends`."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> ProbeResult:
+        """Can this driver work here? Must be cheap and must not change anything."""
+
+    @abstractmethod
+    def render(self, ruleset: Ruleset) -> Rendered:
+        """The exact transaction `apply` would send, without sending it."""
+
+    @abstractmethod
+    def apply(self, rendered: Rendered) -> None:
+        """Replace our objects with `rendered` in ONE atomic kernel transaction."""
+
+    @abstractmethod
+    def installed(self) -> InstalledState | None:
+        """Read back our objects; None when nothing of ours is installed."""
+
+    @abstractmethod
+    def expected(self, ruleset: Ruleset) -> InstalledState:
+        """What `installed()` returns right after applying `ruleset`."""
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot:
+        """Capture our objects as they are now (possibly nothing)."""
+
+    @abstractmethod
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put our objects back as captured, atomically."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Delete everything this driver installed, atomically; no error if nothing is there."""
+
+    def ensure_available(self) -> None:
+        result = self.probe()
+        if not result.available:
+            raise BackendUnavailable(f"backend {self.name!r} is not usable here: {result.reason}")

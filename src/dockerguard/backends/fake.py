@@ -1,0 +1,80 @@
+"""In-memory driver for fast engine and CLI tests (the knftables Fake idea): no kernel involved.
+
+`FakeBackend.kernel` plays the kernel; tests can make the next apply fail or corrupt what it installs
+to exercise the engine's rollback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from ..errors import TransactionError
+from ..model import Ruleset
+from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.kernel: InstalledState | None = None
+        self.transactions = 0  # how many times the "kernel" was written
+        self.fail_next_apply = False
+        self.corrupt_next_apply = False
+
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        return ProbeResult(cls.name, True, "in-memory test driver")
+
+    def render(self, ruleset: Ruleset) -> Rendered:
+        state = self.expected(ruleset)
+        lines = [*state.hooks, *(f"{rule.chain}: {rule.description}" for rule in state.rules)]
+        return Rendered(self.name, "\n".join(lines) + "\n", state)
+
+    def expected(self, ruleset: Ruleset) -> InstalledState:
+        rules = [InstalledRule("external", "established,related -> accept")]
+        rules += [InstalledRule("external", f"allow {rule.proto} ipv{rule.family.value} "
+                                            f"{','.join(map(str, rule.sources))} "
+                                            f"{','.join(map(str, rule.ports))} -> accept")
+                  for rule in ruleset.allows]
+        rules.append(InstalledRule("external", f"default -> {ruleset.default.value}"))
+        hooks = (f"interfaces {','.join(ruleset.interfaces)}", f"log_dropped {ruleset.log_dropped}")
+        return InstalledState(self.name, hooks, tuple(rules))
+
+    def apply(self, rendered: Rendered) -> None:
+        if self.fail_next_apply:
+            self.fail_next_apply = False
+            raise TransactionError("fake kernel refused the transaction")
+        state: InstalledState = rendered.payload
+        if self.corrupt_next_apply:
+            self.corrupt_next_apply = False
+            state = replace(state, rules=state.rules[:-1])  # as if a rule silently went missing
+        self._write(state)
+
+    def installed(self) -> InstalledState | None:
+        return self.kernel
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.name, None if self.kernel is None else _to_json(self.kernel))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self._write(None if snapshot.data is None else _from_json(snapshot.data))
+
+    def remove(self) -> None:
+        if self.kernel is not None:
+            self._write(None)
+
+    def _write(self, state: InstalledState | None) -> None:
+        self.transactions += 1
+        self.kernel = state
+
+
+def _to_json(state: InstalledState) -> str:
+    return json.dumps({"hooks": state.hooks, "rules": [[r.chain, r.description] for r in state.rules]})
+
+
+def _from_json(data: str) -> InstalledState:
+    raw: dict[str, Any] = json.loads(data)
+    return InstalledState("fake", tuple(raw["hooks"]), tuple(InstalledRule(c, d) for c, d in raw["rules"]))

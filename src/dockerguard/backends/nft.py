@@ -1,0 +1,313 @@
+"""Native nftables driver: libnftables JSON through the `nftables` module (PyPI pip-nftables).
+
+Our objects live in one table, `inet dockerguard`, replaced as a whole in one transaction
+(add table; delete table; add table + contents), so other tables are never touched. A base chain on
+the forward hook at priority filter - 1 runs before Docker's (iptables-nft's filter FORWARD or
+Docker's own nftables tables). An accept here only ends our chain; a drop is final.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from typing import Any
+
+from ..errors import TransactionError
+from ..model import Element, Family, Ruleset, Verdict
+from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+
+TABLE_NAME = "dockerguard"
+TABLE = {"family": "inet", "name": TABLE_NAME}
+BASE_CHAIN = "forward"
+EXTERNAL_CHAIN = "external"
+PRIORITY = -1  # "filter - 1": before iptables-nft's and Docker's filter chains at priority 0
+LOG_PREFIX = "dockerguard-drop: "
+
+_ADDR_TYPE = {Family.IPV4: "ipv4_addr", Family.IPV6: "ipv6_addr"}
+_PAYLOAD_PROTO = {Family.IPV4: "ip", Family.IPV6: "ip6"}
+_COUNTER: dict[str, Any] = {"counter": {"packets": 0, "bytes": 0}}
+
+
+def set_name(family: Family, proto: str) -> str:
+    return f"allow_v{family.value}_{proto}"
+
+
+class NftBackend(Backend):
+    name = "nft"
+
+    # -- probing ---------------------------------------------------------------------------------
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        try:
+            import nftables  # noqa: F401
+        except ImportError as exc:
+            return ProbeResult(cls.name, False, f"Python module 'nftables' missing ({exc}); "
+                                                "install pip-nftables and libnftables1")
+        try:
+            rc, output, error = _run_json({"nftables": [{"list": {"tables": {}}}]}, json_output=True)
+        except OSError as exc:
+            return ProbeResult(cls.name, False, f"libnftables cannot be loaded ({exc}); install libnftables1")
+        if rc != 0:
+            return ProbeResult(cls.name, False, f"cannot list nftables tables: {error.strip()} "
+                                                "(needs root / CAP_NET_ADMIN)")
+        version = _metainfo_version(output)
+        # Check (without committing) that this nft/kernel pair takes what we render: concatenated
+        # interval sets and `ct original proto-dst` appeared in different releases.
+        probe_rules = NftBackend().render(_PROBE_RULESET).payload
+        rc, _, error = _run_json(probe_rules, dry_run=True)
+        details = (("nft", version),)
+        if rc != 0:
+            return ProbeResult(cls.name, False, f"nft {version} rejects the ruleset form: {error.strip()}",
+                               details)
+        return ProbeResult(cls.name, True, f"libnftables {version}", details)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def render(self, ruleset: Ruleset) -> Rendered:
+        commands: list[dict[str, Any]] = [
+            {"add": {"table": TABLE}},
+            {"delete": {"table": TABLE}},  # with the add above: works whether or not it exists
+            {"add": {"table": TABLE}},
+            {"add": {"chain": {**_in_table(), "name": BASE_CHAIN, "type": "filter", "hook": "forward",
+                               "prio": PRIORITY, "policy": "accept"}}},
+            {"add": {"chain": {**_in_table(), "name": EXTERNAL_CHAIN}}},
+        ]
+        rules: list[dict[str, Any]] = [
+            _rule(BASE_CHAIN, "judge traffic entering external interfaces",
+                  _match({"meta": {"key": "iifname"}}, _set_or_value(list(ruleset.interfaces))),
+                  _COUNTER, {"jump": {"target": EXTERNAL_CHAIN}}),
+            _rule(EXTERNAL_CHAIN, "established,related",
+                  {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                             "right": ["established", "related"]}},
+                  _COUNTER, {"accept": None}),
+        ]
+        for proto in ("tcp", "udp"):
+            for family in Family:
+                elements = ruleset.elements(family, proto)
+                if not elements:
+                    continue
+                name = set_name(family, proto)
+                commands.append({"add": {"set": {
+                    **_in_table(), "name": name, "type": [_ADDR_TYPE[family], "inet_service"],
+                    "flags": ["interval"], "elem": [_element(element) for element in elements]}}})
+                source = {"payload": {"protocol": _PAYLOAD_PROTO[family], "field": "saddr"}}
+                original_port = {"ct": {"key": "proto-dst", "dir": "original"}}
+                # inet tables need the l4 protocol stated before `ct original proto-dst`.
+                rules.append(_rule(EXTERNAL_CHAIN, f"allow {proto} ipv{family.value}",
+                                   _match({"meta": {"key": "l4proto"}}, proto),
+                                   _match({"concat": [source, original_port]}, f"@{name}"),
+                                   _COUNTER, {"accept": None}))
+        if ruleset.log_dropped:
+            rules.append(_rule(EXTERNAL_CHAIN, "log dropped",
+                               {"limit": {"rate": 5, "per": "minute", "burst": 10}},
+                               {"log": {"prefix": LOG_PREFIX}}))
+        if ruleset.default is Verdict.REJECT:
+            rules.append(_rule(EXTERNAL_CHAIN, "default reject tcp",
+                               _match({"meta": {"key": "l4proto"}}, "tcp"),
+                               _COUNTER, {"reject": {"type": "tcp reset"}}))
+            rules.append(_rule(EXTERNAL_CHAIN, "default reject",
+                               _COUNTER, {"reject": {"type": "icmpx", "expr": "port-unreachable"}}))
+        else:
+            rules.append(_rule(EXTERNAL_CHAIN, "default drop", _COUNTER, {"drop": None}))
+        commands.extend({"add": {"rule": rule}} for rule in rules)
+        payload = {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
+        return Rendered(self.name, _one_command_per_line(payload), payload)
+
+    # -- kernel I/O ------------------------------------------------------------------------------
+    def apply(self, rendered: Rendered) -> None:
+        rc, _, error = _run_json(rendered.payload)
+        if rc != 0:
+            raise TransactionError(f"nftables refused the transaction: {error.strip()}")
+
+    def installed(self) -> InstalledState | None:
+        rc, output, error = _run_json({"nftables": [{"list": {"table": TABLE}}]}, json_output=True)
+        if rc != 0:
+            if "No such file or directory" in error:
+                return None
+            raise TransactionError(f"cannot list table inet {TABLE_NAME}: {error.strip()}")
+        objects = [item for item in json.loads(output)["nftables"] if "metainfo" not in item]
+        return _state(objects)
+
+    def expected(self, ruleset: Ruleset) -> InstalledState:
+        commands = self.render(ruleset).payload["nftables"]
+        return _state([command["add"] for command in commands[4:]])
+
+    def snapshot(self) -> Snapshot:
+        rc, output, error = _run_text(f"list table inet {TABLE_NAME}")
+        if rc != 0 and "No such file or directory" not in error:
+            raise TransactionError(f"cannot snapshot table inet {TABLE_NAME}: {error.strip()}")
+        return Snapshot(self.name, output if rc == 0 else None)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        if snapshot.data is None:
+            self.remove()
+            return
+        text = f"add table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}\n{snapshot.data}"
+        rc, _, error = _run_text(text)
+        if rc != 0:
+            raise TransactionError(f"nftables refused to restore the snapshot: {error.strip()}")
+
+    def remove(self) -> None:
+        rc, _, error = _run_text(f"add table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}")
+        if rc != 0:
+            raise TransactionError(f"cannot delete table inet {TABLE_NAME}: {error.strip()}")
+
+
+def _one_command_per_line(payload: dict[str, Any]) -> str:
+    """The JSON document, one command per line: exact, yet readable and diffable."""
+    lines = ",\n".join(f"  {json.dumps(command)}" for command in payload["nftables"])
+    return f'{{"nftables": [\n{lines}\n]}}\n'
+
+
+# -- libnftables calls ---------------------------------------------------------------------------
+def _context(json_output: bool = False, dry_run: bool = False) -> Any:
+    # A new context per call: its netlink socket belongs to the network namespace we are in now.
+    import nftables
+
+    nft = nftables.Nftables()
+    nft.set_json_output(json_output)
+    nft.set_handle_output(False)
+    if dry_run:
+        _set_dry_run(nft)
+    return nft
+
+
+def _set_dry_run(nft: Any) -> None:
+    """Check mode (`nft -c`). Debian's binding has set_dry_run; PyPI's pip-nftables lacks it, so call
+    libnftables directly on the binding's context."""
+    if hasattr(nft, "set_dry_run"):
+        nft.set_dry_run(True)
+        return
+    import ctypes
+
+    library = ctypes.CDLL("libnftables.so.1")
+    library.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+    library.nft_ctx_set_dry_run(nft._Nftables__ctx, True)
+
+
+def _run_json(payload: dict[str, Any], *, json_output: bool = False, dry_run: bool = False
+              ) -> tuple[int, str, str]:
+    rc, output, error = _context(json_output, dry_run).json_cmd(payload)
+    # json_cmd returns the decoded output; keep the interface textual like cmd().
+    return rc, json.dumps(output) if isinstance(output, dict) else (output or ""), error or ""
+
+
+def _run_text(command: str) -> tuple[int, str, str]:
+    rc, output, error = _context().cmd(command)
+    return rc, output or "", error or ""
+
+
+def _metainfo_version(output: str) -> str:
+    try:
+        for item in json.loads(output)["nftables"]:
+            if "metainfo" in item:
+                return str(item["metainfo"].get("version", "?"))
+    except (ValueError, KeyError, TypeError):
+        pass
+    return "?"
+
+
+# -- JSON builders -------------------------------------------------------------------------------
+def _in_table() -> dict[str, str]:
+    return {"family": "inet", "table": TABLE_NAME}
+
+
+def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _set_or_value(values: list[str]) -> Any:
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def _rule(chain: str, comment: str, *statements: dict[str, Any]) -> dict[str, Any]:
+    return {**_in_table(), "chain": chain, "comment": comment, "expr": list(statements)}
+
+
+def _element(element: Element) -> dict[str, Any]:
+    net = element.source
+    address: Any = (str(net.network_address) if net.prefixlen == net.max_prefixlen
+                    else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}})
+    span = element.ports
+    port: Any = span.first if span.first == span.last else {"range": [span.first, span.last]}
+    return {"concat": [address, port]}
+
+
+# -- read-back normalisation: the same code reads what we render and what the kernel lists --------
+def _state(objects: list[dict[str, Any]]) -> InstalledState:
+    hooks: list[str] = []
+    rules: list[InstalledRule] = []
+    sets: list[tuple[str, tuple[str, ...]]] = []
+    for item in objects:
+        if "chain" in item:
+            chain = item["chain"]
+            if "hook" in chain:
+                hooks.append(f"chain {chain['name']}: {chain.get('type')} hook {chain['hook']} "
+                             f"priority {chain.get('prio')} policy {chain.get('policy')}")
+        elif "set" in item:
+            nft_set = item["set"]
+            elements = sorted({text for elem in nft_set.get("elem", []) for text in _element_texts(elem)})
+            sets.append((nft_set["name"], tuple(elements)))
+        elif "rule" in item:
+            rule = item["rule"]
+            packets, octets = _counter(rule["expr"])
+            description = f"{rule.get('comment', '?')} -> {_verdict(rule['expr'])}"
+            rules.append(InstalledRule(rule["chain"], description, packets, octets))
+    return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)))
+
+
+def _verdict(statements: list[dict[str, Any]]) -> str:
+    last = statements[-1] if statements else {}
+    if "jump" in last:
+        return f"jump {last['jump']['target']}"
+    return next(iter(last), "?")
+
+
+def _counter(statements: list[dict[str, Any]]) -> tuple[int, int]:
+    for statement in statements:
+        counter = statement.get("counter")
+        if isinstance(counter, dict):
+            return int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+    return 0, 0
+
+
+def _element_texts(elem: Any) -> list[str]:
+    """"203.0.113.0/24 . 80-80" strings for one set element, however nft chose to print it."""
+    if isinstance(elem, dict) and "elem" in elem:  # element with its own comment/counter
+        elem = elem["elem"]["val"]
+    parts = elem["concat"]
+    first, last = _ports(parts[1])
+    return [f"{net} . {first}-{last}" for net in _networks(parts[0])]
+
+
+def _networks(value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if isinstance(value, str):
+        return [ipaddress.ip_network(value)]
+    if "prefix" in value:
+        return [ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")]
+    if "range" in value:
+        low, high = (ipaddress.ip_address(bound) for bound in value["range"])
+        return list(ipaddress.summarize_address_range(low, high))  # type: ignore[arg-type]
+    raise ValueError(f"unexpected set element address {value!r}")
+
+
+def _ports(value: Any) -> tuple[int, int]:
+    if isinstance(value, dict) and "range" in value:
+        return _port(value["range"][0]), _port(value["range"][1])
+    return _port(value), _port(value)
+
+
+def _port(value: Any) -> int:
+    return value if isinstance(value, int) else socket.getservbyname(str(value))
+
+
+def _probe_ruleset() -> Ruleset:
+    from ..model import AllowRule
+    from ..policy import PortRange
+
+    net = ipaddress.ip_network("192.0.2.0/24")
+    return Ruleset(("eth0",), Verdict.REJECT, True,
+                   (AllowRule(Family.IPV4, "tcp", (net,), (PortRange(80, 81),), "probe"),))
+
+
+_PROBE_RULESET = _probe_ruleset()

@@ -1,0 +1,56 @@
+"""Typed errors of the dockerguard API. The CLI maps them to exit codes (2: bad input, 1: runtime)."""
+
+from __future__ import annotations
+
+
+class DockerguardError(Exception):
+    """Base class of every error dockerguard raises on purpose."""
+
+    exit_code = 1
+
+
+class PolicyError(DockerguardError):
+    """The policy file is malformed; nothing was sent to the kernel."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<policy>"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = f" [{self.key}]" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class UsageError(DockerguardError):
+    """A command-line argument is wrong (unknown backend name, ...)."""
+
+    exit_code = 2
+
+
+class BackendUnavailable(DockerguardError):
+    """The chosen backend cannot work on this host (missing tool, library or kernel feature)."""
+
+
+class DetectionError(DockerguardError):
+    """`backend = "auto"` could not decide which firewall Docker uses."""
+
+
+class ApplyError(DockerguardError):
+    """The kernel refused the ruleset or verification failed; the previous ruleset was restored."""
+
+
+class RollbackError(DockerguardError):
+    """Applying failed AND restoring the previous ruleset failed: the host needs attention."""
+
+
+class TransactionError(DockerguardError):
+    """The firewall tool or the kernel refused a transaction; nothing of it took effect."""

@@ -1,0 +1,88 @@
+"""The backend-neutral rule model the compiler produces and every backend renders.
+
+Nothing here knows any backend's syntax: it only says which new connections from outside may pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+
+from .policy import Network, PortRange
+
+
+class Family(Enum):
+    IPV4 = 4
+    IPV6 = 6
+
+
+class Verdict(Enum):
+    DROP = "drop"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """New connections of `proto` from `sources` to published host ports `ports` pass.
+
+    One rule per family: a policy entry with IPv4 and IPv6 sources becomes two rules.
+    """
+
+    family: Family
+    proto: str
+    sources: tuple[Network, ...]
+    ports: tuple[PortRange, ...]
+    comment: str
+
+
+@dataclass(frozen=True)
+class Element:
+    """One (source network, port range) pair of a set-based backend."""
+
+    source: Network
+    ports: PortRange
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """What the DOCKER-USER equivalent does for packets entering an external interface:
+    established/related pass, new connections matching an AllowRule pass, the rest gets `default`."""
+
+    interfaces: tuple[str, ...]
+    default: Verdict
+    log_dropped: bool
+    allows: tuple[AllowRule, ...]
+
+    def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
+        return tuple(rule for rule in self.allows if rule.family is family and rule.proto == proto)
+
+    def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
+        """Disjoint (network, port range) pairs covering exactly the allowed traffic.
+
+        Set-based backends need them disjoint: nftables rejects overlapping interval elements in a
+        concatenated set. Ports are cut at every range boundary, the networks of each piece are
+        collapsed, and neighbouring pieces with the same networks are joined again.
+        """
+        pairs = [(net, span) for rule in self.rules_for(family, proto)
+                 for net in rule.sources for span in rule.ports]
+        if not pairs:
+            return ()
+        bounds = sorted({span.first for _, span in pairs} | {span.last + 1 for _, span in pairs})
+        pieces: list[tuple[PortRange, tuple[Network, ...]]] = []
+        for first, after in zip(bounds, bounds[1:]):
+            nets = [net for net, span in pairs if span.first <= first and after - 1 <= span.last]
+            if not nets:
+                continue
+            collapsed = tuple(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+            if pieces and pieces[-1][1] == collapsed and pieces[-1][0].last + 1 == first:
+                pieces[-1] = (PortRange(pieces[-1][0].first, after - 1), collapsed)
+            else:
+                pieces.append((PortRange(first, after - 1), collapsed))
+        return tuple(Element(net, span) for span, nets in pieces for net in nets)
+
+    @property
+    def digest(self) -> str:
+        """A short stable fingerprint, shown by plan/status to tell rulesets apart."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]

@@ -1,0 +1,304 @@
+"""The policy file: TOML parsed once and validated into frozen dataclasses.
+
+Every mistake becomes a PolicyError naming the file, the line (best effort: TOML parsers do not
+report the line of a key, so it is looked up in the text) and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import PolicyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
+    import tomli as tomllib
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+BACKEND_NAMES = ("auto", "nft", "iptables-legacy", "iptables-nft")
+DEFAULT_VERDICTS = ("drop", "reject")
+PROTOCOLS = ("tcp", "udp")
+ANY_SOURCE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+# Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+_MAX_COMMENT = 100
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class SetRef:
+    """A reference to a named address set ("@office" in the policy)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"@{self.name}"
+
+
+Source = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, SetRef]
+
+
+@dataclass(frozen=True)
+class AddressSet:
+    name: str
+    networks: tuple[Network, ...]
+
+
+@dataclass(frozen=True)
+class Allow:
+    """One [[allow]] entry: new connections to these published host ports from these sources pass."""
+
+    ports: tuple[PortRange, ...]
+    proto: str
+    sources: tuple[Source, ...]
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    backend: str = "auto"
+    external_interfaces: tuple[str, ...] = ("eth0",)
+    default: str = "drop"
+    log_dropped: bool = False
+    sets: tuple[AddressSet, ...] = ()
+    allow: tuple[Allow, ...] = ()
+    path: str | None = None
+
+    def address_set(self, name: str) -> AddressSet:
+        for address_set in self.sets:
+            if address_set.name == name:
+                return address_set
+        raise KeyError(name)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file. Raises PolicyError on any mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError("file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read: {exc}", file=str(path)) from None
+    return parse_policy(text, filename=str(path))
+
+
+def parse_policy(text: str, filename: str = "<policy>") -> Policy:
+    """Validate policy TOML given as text (the file name is used in error messages only)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _line_from_toml_error(str(exc), text)
+        raise PolicyError(f"invalid TOML: {exc}", file=filename, line=line) from None
+    return _Validator(text, filename).policy(raw)
+
+
+def _line_from_toml_error(message: str, text: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    if match:
+        return int(match.group(1))
+    return max(1, len(text.splitlines())) if "end of document" in message else None
+
+
+class _Validator:
+    """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
+
+    TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow")
+    ALLOW_KEYS = ("ports", "proto", "sources", "comment")
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.lines = text.splitlines()
+        self.filename = filename
+
+    def fail(self, path: tuple[str | int, ...], message: str) -> PolicyError:
+        return PolicyError(message, file=self.filename, line=self._locate(path), key=_format_key(path))
+
+    def policy(self, raw: Mapping[str, Any]) -> Policy:
+        self._no_unknown_keys(raw, self.TOP_KEYS, ())
+        backend = raw.get("backend", "auto")
+        if backend not in BACKEND_NAMES:
+            raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
+        default = raw.get("default", "drop")
+        if default not in DEFAULT_VERDICTS:
+            raise self.fail(("default",), f"expected 'drop' or 'reject', got {default!r}")
+        log_dropped = raw.get("log_dropped", False)
+        if not isinstance(log_dropped, bool):
+            raise self.fail(("log_dropped",), f"expected true or false, got {log_dropped!r}")
+        sets = self._sets(raw.get("sets", {}))
+        set_names = {address_set.name for address_set in sets}
+        allow_raw = raw.get("allow", [])
+        if not isinstance(allow_raw, list):
+            raise self.fail(("allow",), "expected [[allow]] tables")
+        allow = tuple(self._allow(entry, index, set_names) for index, entry in enumerate(allow_raw))
+        return Policy(
+            backend=backend,
+            external_interfaces=self._interfaces(raw.get("external_interfaces", ["eth0"])),
+            default=default,
+            log_dropped=log_dropped,
+            sets=sets,
+            allow=allow,
+            path=None if self.filename.startswith("<") else self.filename,
+        )
+
+    def _interfaces(self, value: Any) -> tuple[str, ...]:
+        key = ("external_interfaces",)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, 'expected a non-empty list of interface names, e.g. ["eth0"]')
+        for name in value:
+            if not isinstance(name, str) or not _IFNAME.match(name) or name in (".", ".."):
+                raise self.fail(key, f"invalid interface name {name!r} "
+                                     "(1-15 characters, no '/', ':' or spaces)")
+        if len(set(value)) != len(value):
+            raise self.fail(key, "interface listed twice")
+        return tuple(value)
+
+    def _sets(self, value: Any) -> tuple[AddressSet, ...]:
+        if not isinstance(value, dict):
+            raise self.fail(("sets",), "expected a [sets] table of name = [addresses]")
+        result = []
+        for name, members in value.items():
+            key = ("sets", name)
+            if not _SET_NAME.match(name):
+                raise self.fail(key, "set names start with a letter and use letters, digits, '_' or '-'")
+            if not isinstance(members, list) or not members:
+                raise self.fail(key, "expected a non-empty list of addresses or CIDRs")
+            networks = tuple(self._network(member, key) for member in members)
+            result.append(AddressSet(name, networks))
+        return tuple(result)
+
+    def _allow(self, entry: Any, index: int, set_names: set[str]) -> Allow:
+        base: tuple[str | int, ...] = ("allow", index)
+        if not isinstance(entry, dict):
+            raise self.fail(base, "expected a table")
+        self._no_unknown_keys(entry, self.ALLOW_KEYS, base)
+        if "ports" not in entry:
+            raise self.fail(base, "missing key 'ports' (the published host ports, e.g. [80, \"8000-8100\"])")
+        proto = entry.get("proto", "tcp")
+        if proto not in PROTOCOLS:
+            raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
+        comment = entry.get("comment", "")
+        if not isinstance(comment, str) or len(comment) > _MAX_COMMENT or '"' in comment:
+            raise self.fail((*base, "comment"),
+                            f"expected text of at most {_MAX_COMMENT} characters, without '\"'")
+        return Allow(
+            ports=self._ports(entry["ports"], (*base, "ports")),
+            proto=proto,
+            sources=self._sources(entry.get("sources", ["any"]), (*base, "sources"), set_names),
+            comment=comment,
+        )
+
+    def _ports(self, value: Any, key: tuple[str | int, ...]) -> tuple[PortRange, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(key, "expected at least one port")
+        ports = []
+        for item in items:
+            if isinstance(item, bool):  # bool is an int subclass; `true` is never a port
+                raise self.fail(key, f"expected a port number or \"first-last\", got {item!r}")
+            if isinstance(item, int):
+                first = last = item
+            elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
+                bounds = [int(part) for part in item.split("-")]
+                first, last = bounds[0], bounds[-1]
+            else:
+                raise self.fail(key, f"expected a port number or \"first-last\", got {item!r}")
+            for port in (first, last):
+                if not 1 <= port <= 65535:
+                    raise self.fail(key, f"port {port} out of range (expected 1-65535)")
+            if first > last:
+                raise self.fail(key, f"reversed range {item!r} (expected first <= last)")
+            ports.append(PortRange(first, last))
+        return tuple(ports)
+
+    def _sources(self, value: Any, key: tuple[str | int, ...], set_names: set[str]) -> tuple[Source, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(key, 'expected at least one source ("any", an address/CIDR or "@set")')
+        sources: list[Source] = []
+        for item in items:
+            if item == "any":
+                sources.extend(ANY_SOURCE)
+            elif isinstance(item, str) and item.startswith("@"):
+                if item[1:] not in set_names:
+                    known = ", ".join(sorted(set_names)) or "none defined"
+                    raise self.fail(key, f"unknown set {item!r} (known sets: {known})")
+                sources.append(SetRef(item[1:]))
+            else:
+                sources.append(self._network(item, key))
+        return tuple(sources)
+
+    def _network(self, value: Any, key: tuple[str | int, ...]) -> Network:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected an address or CIDR as a string, got {value!r}")
+        try:
+            return ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError:
+            pass
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise self.fail(key, f"invalid address or CIDR {value!r}") from None
+        raise self.fail(key, f"{value!r} has host bits set (did you mean "
+                             f"{ipaddress.ip_network(value.strip(), strict=False)}?)")
+
+    def _no_unknown_keys(self, table: Mapping[str, Any], allowed: Sequence[str],
+                         base: tuple[str | int, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail((*base, key), f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def _locate(self, path: tuple[str | int, ...]) -> int | None:
+        """Best-effort line number of a key path such as ("allow", 2, "ports")."""
+        header: str | None = None
+        start, stop = 0, len(self.lines)
+        key = path[-1] if path and isinstance(path[-1], str) else None
+        if path and path[0] in ("sets", "allow") and len(path) > 1:
+            header = str(path[0])
+            occurrence = path[1] if isinstance(path[1], int) else 0
+            key = path[2] if len(path) > 2 and isinstance(path[2], str) else (
+                path[1] if isinstance(path[1], str) else None)
+            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$")
+            found = [n for n, line in enumerate(self.lines) if pattern.match(line)]
+            if occurrence >= len(found):
+                return None
+            start = found[occurrence]
+            nxt = [n for n, line in enumerate(self.lines) if n > start and re.match(r"^\s*\[", line)]
+            stop = nxt[0] if nxt else len(self.lines)
+            if key is None:
+                return start + 1
+        elif path:
+            # A top-level key lives before the first [table] header.
+            headers = [n for n, line in enumerate(self.lines) if re.match(r"^\s*\[", line)]
+            stop = headers[0] if headers else len(self.lines)
+        if key is None:
+            return None
+        key_pattern = re.compile(rf'^\s*("{re.escape(key)}"|{re.escape(key)})\s*=')
+        for number in range(start, stop):
+            if key_pattern.match(self.lines[number]):
+                return number + 1
+        return start + 1 if header else None
+
+
+def _format_key(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part + 1}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
