@@ -1,0 +1,79 @@
+"""Engine behaviour on the in-memory fake backend: apply, no-op re-apply, verification, rollback."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockerguard import ApplyError, Engine, RollbackError, parse_policy
+from dockerguard.backends.fake import FakeBackend
+
+POLICY = parse_policy('[[allow]]\nports = [443]\n')
+OTHER = parse_policy('[[allow]]\nports = [80]\n')
+
+
+def test_apply_installs_and_second_apply_touches_nothing() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    first = engine.apply(POLICY)
+    assert first.changed and fake.transactions == 1
+    assert engine.status(POLICY).in_sync is True
+    second = engine.apply(POLICY)
+    assert not second.changed and fake.transactions == 1
+    assert second.digest == first.digest
+
+
+def test_status_reports_drift() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    engine.apply(POLICY)
+    assert engine.status(OTHER).in_sync is False
+    assert engine.status().in_sync is None
+
+
+def test_failed_transaction_restores_previous_ruleset() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    engine.apply(POLICY)
+    before = fake.kernel
+    fake.fail_next_apply = True
+    with pytest.raises(ApplyError, match="previous ruleset was restored"):
+        engine.apply(OTHER)
+    assert fake.kernel == before
+
+
+def test_verification_failure_restores_previous_ruleset() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    engine.apply(POLICY)
+    before = fake.kernel
+    fake.corrupt_next_apply = True
+    with pytest.raises(ApplyError, match="verification failed"):
+        engine.apply(OTHER)
+    assert fake.kernel == before
+
+
+def test_first_apply_failing_leaves_nothing_installed() -> None:
+    fake = FakeBackend()
+    fake.corrupt_next_apply = True
+    with pytest.raises(ApplyError):
+        Engine(fake).apply(POLICY)
+    assert fake.kernel is None
+
+
+def test_failed_restore_raises_rollback_error(mocker) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeBackend()
+    engine = Engine(fake)
+    engine.apply(POLICY)
+    fake.fail_next_apply = True
+    mocker.patch.object(fake, "restore", side_effect=ApplyError("disk on fire"))
+    with pytest.raises(RollbackError, match="restoring the previous ruleset failed"):
+        engine.apply(OTHER)
+
+
+def test_remove() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    assert engine.remove() is False
+    engine.apply(POLICY)
+    assert engine.remove() is True
+    assert fake.kernel is None
