@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import ipaddress
 
-from .model import AllowRule, Family, Ruleset, Verdict
+from .model import AllowRule, Family, HostRules, Ruleset, Verdict
 from .policy import Allow, Network, Policy, PortRange, SetRef
 
 
 def compile_policy(policy: Policy) -> Ruleset:
-    allows: list[AllowRule] = []
-    for entry in policy.allow:
+    host = None
+    if policy.host is not None:
+        host = HostRules(_allow_rules(policy, policy.host.allow), policy.host.icmp_echo,
+                         Verdict(policy.host.default))
+    return Ruleset(
+        interfaces=policy.external_interfaces,
+        default=Verdict(policy.default),
+        log_dropped=policy.log_dropped,
+        allows=_allow_rules(policy, policy.allow),
+        host=host,
+    )
+
+
+def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule, ...]:
+    """One rule per entry and address family, sources resolved and collapsed, ports merged."""
+    rules: list[AllowRule] = []
+    for entry in entries:
         networks = _resolve_sources(policy, entry)
         ports = _merge_ports(entry.ports)
         for family in Family:
             family_nets = [net for net in networks if net.version == family.value]
             if family_nets:
                 collapsed = tuple(ipaddress.collapse_addresses(family_nets))  # type: ignore[arg-type]
-                allows.append(AllowRule(family, entry.proto, collapsed, ports, entry.comment))
-    return Ruleset(
-        interfaces=policy.external_interfaces,
-        default=Verdict(policy.default),
-        log_dropped=policy.log_dropped,
-        allows=tuple(allows),
-    )
+                rules.append(AllowRule(family, entry.proto, collapsed, ports, entry.comment))
+    return tuple(rules)
 
 
 def _resolve_sources(policy: Policy, entry: Allow) -> list[Network]:

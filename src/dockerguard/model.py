@@ -46,6 +46,24 @@ class Element:
 
 
 @dataclass(frozen=True)
+class HostRules:
+    """The INPUT side ([host] in the policy), for packets entering an external interface and addressed
+    to the host itself: loopback never reaches it, established/related and (optionally) ICMP echo pass,
+    new connections to `allows` ports (plain destination port: no DNAT here) pass, the rest gets `default`.
+    IPv6 neighbour discovery always passes, or IPv6 would stop working."""
+
+    allows: tuple[AllowRule, ...]
+    icmp_echo: bool
+    default: Verdict
+
+    def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
+        return _rules_for(self.allows, family, proto)
+
+    def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
+        return disjoint_elements(self.rules_for(family, proto))
+
+
+@dataclass(frozen=True)
 class Ruleset:
     """What the DOCKER-USER equivalent does for packets entering an external interface:
     established/related pass, new connections matching an AllowRule pass, the rest gets `default`."""
@@ -54,35 +72,44 @@ class Ruleset:
     default: Verdict
     log_dropped: bool
     allows: tuple[AllowRule, ...]
+    host: HostRules | None = None
 
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
-        return tuple(rule for rule in self.allows if rule.family is family and rule.proto == proto)
+        return _rules_for(self.allows, family, proto)
 
     def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
-        """Disjoint (network, port range) pairs covering exactly the allowed traffic.
-
-        Set-based backends need them disjoint: nftables rejects overlapping interval elements in a
-        concatenated set. Ports are cut at every range boundary, the networks of each piece are
-        collapsed, and neighbouring pieces with the same networks are joined again.
-        """
-        pairs = [(net, span) for rule in self.rules_for(family, proto)
-                 for net in rule.sources for span in rule.ports]
-        if not pairs:
-            return ()
-        bounds = sorted({span.first for _, span in pairs} | {span.last + 1 for _, span in pairs})
-        pieces: list[tuple[PortRange, tuple[Network, ...]]] = []
-        for first, after in zip(bounds, bounds[1:]):
-            nets = [net for net, span in pairs if span.first <= first and after - 1 <= span.last]
-            if not nets:
-                continue
-            collapsed = tuple(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
-            if pieces and pieces[-1][1] == collapsed and pieces[-1][0].last + 1 == first:
-                pieces[-1] = (PortRange(pieces[-1][0].first, after - 1), collapsed)
-            else:
-                pieces.append((PortRange(first, after - 1), collapsed))
-        return tuple(Element(net, span) for span, nets in pieces for net in nets)
+        """Disjoint (network, port range) pairs covering exactly the allowed forwarded traffic."""
+        return disjoint_elements(self.rules_for(family, proto))
 
     @property
     def digest(self) -> str:
         """A short stable fingerprint, shown by plan/status to tell rulesets apart."""
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+def _rules_for(rules: tuple[AllowRule, ...], family: Family, proto: str) -> tuple[AllowRule, ...]:
+    return tuple(rule for rule in rules if rule.family is family and rule.proto == proto)
+
+
+def disjoint_elements(rules: tuple[AllowRule, ...]) -> tuple[Element, ...]:
+    """Disjoint (network, port range) pairs covering exactly what `rules` (one family) allow.
+
+    Set-based backends need them disjoint: nftables rejects overlapping interval elements in a
+    concatenated set. Ports are cut at every range boundary, the networks of each piece are
+    collapsed, and neighbouring pieces with the same networks are joined again.
+    """
+    pairs = [(net, span) for rule in rules for net in rule.sources for span in rule.ports]
+    if not pairs:
+        return ()
+    bounds = sorted({span.first for _, span in pairs} | {span.last + 1 for _, span in pairs})
+    pieces: list[tuple[PortRange, tuple[Network, ...]]] = []
+    for first, after in zip(bounds, bounds[1:]):
+        nets = [net for net, span in pairs if span.first <= first and after - 1 <= span.last]
+        if not nets:
+            continue
+        collapsed = tuple(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+        if pieces and pieces[-1][1] == collapsed and pieces[-1][0].last + 1 == first:
+            pieces[-1] = (PortRange(pieces[-1][0].first, after - 1), collapsed)
+        else:
+            pieces.append((PortRange(first, after - 1), collapsed))
+    return tuple(Element(net, span) for span, nets in pieces for net in nets)

@@ -73,6 +73,15 @@ class Allow:
 
 
 @dataclass(frozen=True)
+class HostPolicy:
+    """The optional [host] section: the INPUT side, protecting the host itself on external interfaces."""
+
+    allow: tuple[Allow, ...] = ()
+    icmp_echo: bool = True
+    default: str = "drop"
+
+
+@dataclass(frozen=True)
 class Policy:
     backend: str = "auto"
     external_interfaces: tuple[str, ...] = ("eth0",)
@@ -80,6 +89,7 @@ class Policy:
     log_dropped: bool = False
     sets: tuple[AddressSet, ...] = ()
     allow: tuple[Allow, ...] = ()
+    host: HostPolicy | None = None
     path: str | None = None
 
     def address_set(self, name: str) -> AddressSet:
@@ -121,8 +131,9 @@ def _line_from_toml_error(message: str, text: str) -> int | None:
 class _Validator:
     """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
 
-    TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow")
+    TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host")
     ALLOW_KEYS = ("ports", "proto", "sources", "comment")
+    HOST_KEYS = ("allow", "icmp_echo", "default")
 
     def __init__(self, text: str, filename: str) -> None:
         self.lines = text.splitlines()
@@ -136,18 +147,14 @@ class _Validator:
         backend = raw.get("backend", "auto")
         if backend not in BACKEND_NAMES:
             raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
-        default = raw.get("default", "drop")
-        if default not in DEFAULT_VERDICTS:
-            raise self.fail(("default",), f"expected 'drop' or 'reject', got {default!r}")
+        default = self._verdict(raw, ())
         log_dropped = raw.get("log_dropped", False)
         if not isinstance(log_dropped, bool):
             raise self.fail(("log_dropped",), f"expected true or false, got {log_dropped!r}")
         sets = self._sets(raw.get("sets", {}))
         set_names = {address_set.name for address_set in sets}
-        allow_raw = raw.get("allow", [])
-        if not isinstance(allow_raw, list):
-            raise self.fail(("allow",), "expected [[allow]] tables")
-        allow = tuple(self._allow(entry, index, set_names) for index, entry in enumerate(allow_raw))
+        allow = self._allow_list(raw, (), set_names)
+        host = self._host(raw["host"], set_names) if "host" in raw else None
         return Policy(
             backend=backend,
             external_interfaces=self._interfaces(raw.get("external_interfaces", ["eth0"])),
@@ -155,8 +162,32 @@ class _Validator:
             log_dropped=log_dropped,
             sets=sets,
             allow=allow,
+            host=host,
             path=None if self.filename.startswith("<") else self.filename,
         )
+
+    def _verdict(self, table: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
+        default = table.get("default", "drop")
+        if default not in DEFAULT_VERDICTS:
+            raise self.fail((*base, "default"), f"expected 'drop' or 'reject', got {default!r}")
+        return str(default)
+
+    def _allow_list(self, table: Mapping[str, Any], base: tuple[str | int, ...],
+                    set_names: set[str]) -> tuple[Allow, ...]:
+        entries = table.get("allow", [])
+        if not isinstance(entries, list):
+            raise self.fail((*base, "allow"), f"expected [[{'.'.join(map(str, (*base, 'allow')))}]] tables")
+        return tuple(self._allow(entry, (*base, "allow", index), set_names) for index, entry in enumerate(entries))
+
+    def _host(self, value: Any, set_names: set[str]) -> HostPolicy:
+        base = ("host",)
+        if not isinstance(value, dict):
+            raise self.fail(base, "expected a [host] table")
+        self._no_unknown_keys(value, self.HOST_KEYS, base)
+        icmp_echo = value.get("icmp_echo", True)
+        if not isinstance(icmp_echo, bool):
+            raise self.fail((*base, "icmp_echo"), f"expected true or false, got {icmp_echo!r}")
+        return HostPolicy(self._allow_list(value, base, set_names), icmp_echo, self._verdict(value, base))
 
     def _interfaces(self, value: Any) -> tuple[str, ...]:
         key = ("external_interfaces",)
@@ -184,8 +215,7 @@ class _Validator:
             result.append(AddressSet(name, networks))
         return tuple(result)
 
-    def _allow(self, entry: Any, index: int, set_names: set[str]) -> Allow:
-        base: tuple[str | int, ...] = ("allow", index)
+    def _allow(self, entry: Any, base: tuple[str | int, ...], set_names: set[str]) -> Allow:
         if not isinstance(entry, dict):
             raise self.fail(base, "expected a table")
         self._no_unknown_keys(entry, self.ALLOW_KEYS, base)
@@ -266,35 +296,38 @@ class _Validator:
                 raise self.fail((*base, key), f"unknown key (expected one of: {', '.join(allowed)})")
 
     def _locate(self, path: tuple[str | int, ...]) -> int | None:
-        """Best-effort line number of a key path such as ("allow", 2, "ports")."""
-        header: str | None = None
-        start, stop = 0, len(self.lines)
-        key = path[-1] if path and isinstance(path[-1], str) else None
-        if path and path[0] in ("sets", "allow") and len(path) > 1:
-            header = str(path[0])
-            occurrence = path[1] if isinstance(path[1], int) else 0
-            key = path[2] if len(path) > 2 and isinstance(path[2], str) else (
-                path[1] if isinstance(path[1], str) else None)
-            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$")
-            found = [n for n, line in enumerate(self.lines) if pattern.match(line)]
+        """Best-effort line number of a key path such as ("host", "allow", 2, "ports").
+
+        The parts before an index (or all but the last part) name the table header ("host.allow");
+        the index picks its n-th [[array table]]; the part after it is the key inside.
+        """
+        if not path:
+            return None
+        index = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
+        if index is None:
+            header_parts, occurrence, rest = path[:-1], 0, path[-1:]
+        else:
+            header_parts, occurrence, rest = path[:index], int(path[index]), path[index + 1:]
+        key = str(rest[0]) if rest else None
+        headers = [n for n, line in enumerate(self.lines) if re.match(r"^\s*\[", line)]
+        start, stop = 0, headers[0] if headers else len(self.lines)
+        header_line: int | None = None
+        if header_parts:
+            header = r"\s*\.\s*".join(re.escape(str(part)) for part in header_parts)
+            pattern = re.compile(rf"^\s*\[\[?\s*{header}\s*\]\]?\s*(#.*)?$")
+            found = [n for n in headers if pattern.match(self.lines[n])]
             if occurrence >= len(found):
                 return None
             start = found[occurrence]
-            nxt = [n for n, line in enumerate(self.lines) if n > start and re.match(r"^\s*\[", line)]
-            stop = nxt[0] if nxt else len(self.lines)
-            if key is None:
-                return start + 1
-        elif path:
-            # A top-level key lives before the first [table] header.
-            headers = [n for n, line in enumerate(self.lines) if re.match(r"^\s*\[", line)]
-            stop = headers[0] if headers else len(self.lines)
+            header_line = start + 1
+            stop = next((n for n in headers if n > start), len(self.lines))
         if key is None:
-            return None
+            return header_line
         key_pattern = re.compile(rf'^\s*("{re.escape(key)}"|{re.escape(key)})\s*=')
         for number in range(start, stop):
             if key_pattern.match(self.lines[number]):
                 return number + 1
-        return start + 1 if header else None
+        return header_line
 
 
 def _format_key(path: tuple[str | int, ...]) -> str:

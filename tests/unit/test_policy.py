@@ -90,6 +90,11 @@ BAD = [
     ('[sets]\noffice = ["nonsense"]\n', 2, "sets.office", "invalid address"),
     ('[sets]\noffice = []\n', 2, "sets.office", "non-empty list"),
     ('[sets]\n"1bad" = ["192.0.2.1"]\n', 2, "sets.1bad", "set names start with a letter"),
+    ('[host]\nfoo = 1\n', 2, "host.foo", "unknown key"),
+    ('[host]\ndefault = "allow"\n', 2, "host.default", "'drop' or 'reject'"),
+    ('[host]\nicmp_echo = "yes"\n', 2, "host.icmp_echo", "true or false"),
+    ('[[allow]]\nports = [1]\n[host]\n[[host.allow]]\nports = [22]\n[[host.allow]]\nports = [0]\n', 7,
+     "host.allow[2].ports", "port 0 out of range"),
     ('backend = "nft"\nports = [\n', 2, None, "invalid TOML"),
     ('backend = "nft"\nports = ]\nx = 1\n', 2, None, "invalid TOML"),
 ]
@@ -111,3 +116,11 @@ def test_bad_input_names_file_line_and_key(tmp_path: Path, text: str, line: int,
 def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="file not found"):
         load_policy(tmp_path / "absent.toml")
+
+
+def test_host_section() -> None:
+    policy = parse_policy('[host]\nicmp_echo = false\n[[host.allow]]\nports = [22]\nsources = ["198.51.100.0/24"]\n')
+    assert policy.host is not None
+    assert policy.host.icmp_echo is False and policy.host.default == "drop"
+    assert policy.host.allow[0].sources == (ipaddress.ip_network("198.51.100.0/24"),)
+    assert parse_policy("").host is None

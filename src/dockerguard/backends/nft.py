@@ -11,26 +11,24 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import TransactionError
-from ..model import Element, Family, Ruleset, Verdict
+from ..model import Element, Family, HostRules, Ruleset, Verdict
 from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
 
 TABLE_NAME = "dockerguard"
 TABLE = {"family": "inet", "name": TABLE_NAME}
-BASE_CHAIN = "forward"
-EXTERNAL_CHAIN = "external"
+EXTERNAL_CHAIN = "external"  # forwarded traffic from external interfaces (the DOCKER-USER equivalent)
+HOST_CHAIN = "host"  # traffic from external interfaces to the host itself ([host] in the policy)
 PRIORITY = -1  # "filter - 1": before iptables-nft's and Docker's filter chains at priority 0
 LOG_PREFIX = "dockerguard-drop: "
 
 _ADDR_TYPE = {Family.IPV4: "ipv4_addr", Family.IPV6: "ipv6_addr"}
 _PAYLOAD_PROTO = {Family.IPV4: "ip", Family.IPV6: "ip6"}
 _COUNTER: dict[str, Any] = {"counter": {"packets": 0, "bytes": 0}}
-
-
-def set_name(family: Family, proto: str) -> str:
-    return f"allow_v{family.value}_{proto}"
+_ND_TYPES = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert"]
 
 
 class NftBackend(Backend):
@@ -68,50 +66,64 @@ class NftBackend(Backend):
             {"add": {"table": TABLE}},
             {"delete": {"table": TABLE}},  # with the add above: works whether or not it exists
             {"add": {"table": TABLE}},
-            {"add": {"chain": {**_in_table(), "name": BASE_CHAIN, "type": "filter", "hook": "forward",
-                               "prio": PRIORITY, "policy": "accept"}}},
-            {"add": {"chain": {**_in_table(), "name": EXTERNAL_CHAIN}}},
         ]
-        rules: list[dict[str, Any]] = [
-            _rule(BASE_CHAIN, "judge traffic entering external interfaces",
-                  _match({"meta": {"key": "iifname"}}, _set_or_value(list(ruleset.interfaces))),
-                  _COUNTER, {"jump": {"target": EXTERNAL_CHAIN}}),
-            _rule(EXTERNAL_CHAIN, "established,related",
-                  {"match": {"op": "in", "left": {"ct": {"key": "state"}},
-                             "right": ["established", "related"]}},
-                  _COUNTER, {"accept": None}),
-        ]
-        for proto in ("tcp", "udp"):
-            for family in Family:
-                elements = ruleset.elements(family, proto)
-                if not elements:
-                    continue
-                name = set_name(family, proto)
-                commands.append({"add": {"set": {
-                    **_in_table(), "name": name, "type": [_ADDR_TYPE[family], "inet_service"],
-                    "flags": ["interval"], "elem": [_element(element) for element in elements]}}})
-                source = {"payload": {"protocol": _PAYLOAD_PROTO[family], "field": "saddr"}}
-                original_port = {"ct": {"key": "proto-dst", "dir": "original"}}
-                # inet tables need the l4 protocol stated before `ct original proto-dst`.
-                rules.append(_rule(EXTERNAL_CHAIN, f"allow {proto} ipv{family.value}",
-                                   _match({"meta": {"key": "l4proto"}}, proto),
-                                   _match({"concat": [source, original_port]}, f"@{name}"),
-                                   _COUNTER, {"accept": None}))
+        sets, rules = self._judge("forward", EXTERNAL_CHAIN, "forwarded", ruleset.interfaces)
+        original_port = {"ct": {"key": "proto-dst", "dir": "original"}}
+        for family, proto, elements in _nonempty(ruleset.elements):
+            sets.append(_set(f"allow_v{family.value}_{proto}", family, elements))
+            rules.append(_allow_rule(EXTERNAL_CHAIN, family, proto, original_port, f"allow_v{family.value}_{proto}"))
         if ruleset.log_dropped:
             rules.append(_rule(EXTERNAL_CHAIN, "log dropped",
                                {"limit": {"rate": 5, "per": "minute", "burst": 10}},
                                {"log": {"prefix": LOG_PREFIX}}))
-        if ruleset.default is Verdict.REJECT:
-            rules.append(_rule(EXTERNAL_CHAIN, "default reject tcp",
-                               _match({"meta": {"key": "l4proto"}}, "tcp"),
-                               _COUNTER, {"reject": {"type": "tcp reset"}}))
-            rules.append(_rule(EXTERNAL_CHAIN, "default reject",
-                               _COUNTER, {"reject": {"type": "icmpx", "expr": "port-unreachable"}}))
-        else:
-            rules.append(_rule(EXTERNAL_CHAIN, "default drop", _COUNTER, {"drop": None}))
-        commands.extend({"add": {"rule": rule}} for rule in rules)
+        rules += _default_rules(EXTERNAL_CHAIN, ruleset.default)
+        if ruleset.host is not None:
+            host_sets, host_rules = self._host(ruleset.host, ruleset.interfaces)
+            sets += host_sets
+            rules += host_rules
+        commands += [{"add": item} for item in sets]
+        commands += [{"add": {"rule": rule}} for rule in rules]
         payload = {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
         return Rendered(self.name, _one_command_per_line(payload), payload)
+
+    @staticmethod
+    def _judge(hook: str, chain: str, what: str, interfaces: tuple[str, ...]
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A base chain on `hook` sending traffic from external interfaces to `chain`, where
+        established/related pass first. Returns (chain objects, rules)."""
+        objects: list[dict[str, Any]] = [
+            {"chain": {**_in_table(), "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY,
+                       "policy": "accept"}},
+            {"chain": {**_in_table(), "name": chain}},
+        ]
+        rules = [
+            _rule(hook, f"judge {what} traffic entering external interfaces",
+                  _match({"meta": {"key": "iifname"}}, _set_or_value(list(interfaces))),
+                  _COUNTER, {"jump": {"target": chain}}),
+            _rule(chain, "established,related",
+                  {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+                  _COUNTER, {"accept": None}),
+        ]
+        return objects, rules
+
+    def _host(self, host: HostRules, interfaces: tuple[str, ...]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        objects, rules = self._judge("input", HOST_CHAIN, "host", interfaces)
+        # Without neighbour discovery IPv6 stops working altogether.
+        rules.append(_rule(HOST_CHAIN, "ipv6 neighbour discovery",
+                           _match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": _ND_TYPES}),
+                           _COUNTER, {"accept": None}))
+        if host.icmp_echo:
+            for protocol in ("icmp", "icmpv6"):
+                rules.append(_rule(HOST_CHAIN, f"{protocol} echo-request",
+                                   _match({"payload": {"protocol": protocol, "field": "type"}}, "echo-request"),
+                                   _COUNTER, {"accept": None}))
+        for family, proto, elements in _nonempty(host.elements):
+            name = f"host_v{family.value}_{proto}"
+            objects.append(_set(name, family, elements))
+            port = {"payload": {"protocol": proto, "field": "dport"}}  # INPUT sees the real port
+            rules.append(_allow_rule(HOST_CHAIN, family, proto, port, name))
+        return objects, rules + _default_rules(HOST_CHAIN, host.default)
 
     # -- kernel I/O ------------------------------------------------------------------------------
     def apply(self, rendered: Rendered) -> None:
@@ -208,6 +220,37 @@ def _metainfo_version(output: str) -> str:
 
 
 # -- JSON builders -------------------------------------------------------------------------------
+def _nonempty(elements_of: Callable[[Family, str], tuple[Element, ...]]
+              ) -> Iterator[tuple[Family, str, tuple[Element, ...]]]:
+    for proto in ("tcp", "udp"):
+        for family in Family:
+            elements = elements_of(family, proto)
+            if elements:
+                yield family, proto, elements
+
+
+def _set(name: str, family: Family, elements: tuple[Element, ...]) -> dict[str, Any]:
+    return {"set": {**_in_table(), "name": name, "type": [_ADDR_TYPE[family], "inet_service"],
+                    "flags": ["interval"], "elem": [_element(element) for element in elements]}}
+
+
+def _allow_rule(chain: str, family: Family, proto: str, port: dict[str, Any], set_name: str) -> dict[str, Any]:
+    source = {"payload": {"protocol": _PAYLOAD_PROTO[family], "field": "saddr"}}
+    # inet tables need the l4 protocol stated before `ct original proto-dst`.
+    return _rule(chain, f"allow {proto} ipv{family.value}",
+                 _match({"meta": {"key": "l4proto"}}, proto),
+                 _match({"concat": [source, port]}, f"@{set_name}"),
+                 _COUNTER, {"accept": None})
+
+
+def _default_rules(chain: str, default: Verdict) -> list[dict[str, Any]]:
+    if default is Verdict.REJECT:
+        return [_rule(chain, "default reject tcp", _match({"meta": {"key": "l4proto"}}, "tcp"),
+                      _COUNTER, {"reject": {"type": "tcp reset"}}),
+                _rule(chain, "default reject", _COUNTER, {"reject": {"type": "icmpx", "expr": "port-unreachable"}})]
+    return [_rule(chain, "default drop", _COUNTER, {"drop": None})]
+
+
 def _in_table() -> dict[str, str]:
     return {"family": "inet", "table": TABLE_NAME}
 
