@@ -98,16 +98,18 @@ def disjoint_elements(rules: tuple[AllowRule, ...]) -> tuple[Element, ...]:
     concatenated set. Ports are cut at every range boundary, the networks of each piece are
     collapsed, and neighbouring pieces with the same networks are joined again.
     """
-    pairs = [(net, span) for rule in rules for net in rule.sources for span in rule.ports]
-    if not pairs:
+    if not rules:
         return ()
-    bounds = sorted({span.first for _, span in pairs} | {span.last + 1 for _, span in pairs})
+    spans = [span for rule in rules for span in rule.ports]
+    bounds = sorted({span.first for span in spans} | {span.last + 1 for span in spans})
     pieces: list[tuple[PortRange, tuple[Network, ...]]] = []
     for first, after in zip(bounds, bounds[1:]):
-        nets = [net for net, span in pairs if span.first <= first and after - 1 <= span.last]
-        if not nets:
+        covering = [rule for rule in rules if any(s.first <= first and after - 1 <= s.last for s in rule.ports)]
+        if not covering:
             continue
-        collapsed = tuple(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+        # The compiler already collapsed each rule's sources: only a mix of rules needs it again.
+        collapsed = covering[0].sources if len(covering) == 1 else tuple(
+            ipaddress.collapse_addresses(net for rule in covering for net in rule.sources))  # type: ignore[arg-type]
         if pieces and pieces[-1][1] == collapsed and pieces[-1][0].last + 1 == first:
             pieces[-1] = (PortRange(pieces[-1][0].first, after - 1), collapsed)
         else:

@@ -61,7 +61,15 @@ class NftBackend(Backend):
         return ProbeResult(cls.name, True, f"libnftables {version}", details)
 
     # -- rendering -------------------------------------------------------------------------------
+    def __init__(self) -> None:
+        self._rendered: tuple[Ruleset, Rendered] | None = None  # plan needs render + expected of one ruleset
+
     def render(self, ruleset: Ruleset) -> Rendered:
+        if self._rendered is None or self._rendered[0] is not ruleset:
+            self._rendered = (ruleset, self._render(ruleset))
+        return self._rendered[1]
+
+    def _render(self, ruleset: Ruleset) -> Rendered:
         commands: list[dict[str, Any]] = [
             {"add": {"table": TABLE}},
             {"delete": {"table": TABLE}},  # with the add above: works whether or not it exists
@@ -323,14 +331,16 @@ def _element_texts(elem: Any) -> list[str]:
     return [f"{net} . {first}-{last}" for net in _networks(parts[0])]
 
 
-def _networks(value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(value: Any) -> list[str]:
+    # Both nft and Python's ipaddress print addresses canonically, so the text is compared as it
+    # is (parsing 10,000 elements costs more than the kernel transaction).
     if isinstance(value, str):
-        return [ipaddress.ip_network(value)]
+        return [f"{value}/{128 if ':' in value else 32}"]
     if "prefix" in value:
-        return [ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")]
+        return [f"{value['prefix']['addr']}/{value['prefix']['len']}"]
     if "range" in value:
         low, high = (ipaddress.ip_address(bound) for bound in value["range"])
-        return list(ipaddress.summarize_address_range(low, high))  # type: ignore[arg-type]
+        return [str(net) for net in ipaddress.summarize_address_range(low, high)]  # type: ignore[arg-type]
     raise ValueError(f"unexpected set element address {value!r}")
 
 
