@@ -9,6 +9,8 @@ from .policy import Allow, Network, Policy, PortRange, SetRef
 
 
 def compile_policy(policy: Policy) -> Ruleset:
+    if policy.uses_containers:
+        raise ValueError("container selectors must be resolved first (dockerguard.containers.resolve_containers)")
     host = None
     if policy.host is not None:
         host = HostRules(_allow_rules(policy, policy.host.allow), policy.host.icmp_echo,

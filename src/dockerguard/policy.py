@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 BACKEND_NAMES = ("auto", "nft", "iptables-legacy", "iptables-nft")
 DEFAULT_VERDICTS = ("drop", "reject")
 PROTOCOLS = ("tcp", "udp")
@@ -32,6 +33,7 @@ _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_COMMENT = 100
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
 
 
 @dataclass(frozen=True, order=True)
@@ -63,6 +65,23 @@ class AddressSet:
 
 
 @dataclass(frozen=True)
+class ContainerSelector:
+    """Containers chosen by name and/or labels; their published host ports are looked up through the
+    Docker API at apply time (and kept current by `watch`)."""
+
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    container_ports: tuple[PortRange, ...] = ()  # empty: every port the container publishes
+
+    def __str__(self) -> str:
+        parts = [f"container {self.name}"] if self.name else []
+        parts += [f"label {key}={value}" for key, value in self.labels]
+        if self.container_ports:
+            parts.append(f"container ports {','.join(map(str, self.container_ports))}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Allow:
     """One [[allow]] entry: new connections to these published host ports from these sources pass."""
 
@@ -70,6 +89,7 @@ class Allow:
     proto: str
     sources: tuple[Source, ...]
     comment: str = ""
+    containers: ContainerSelector | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,13 @@ class Policy:
     sets: tuple[AddressSet, ...] = ()
     allow: tuple[Allow, ...] = ()
     host: HostPolicy | None = None
+    docker_socket: str = DEFAULT_DOCKER_SOCKET
     path: str | None = None
+
+    @property
+    def uses_containers(self) -> bool:
+        """Whether applying needs the Docker API (some entry selects containers)."""
+        return any(entry.containers is not None for entry in self.allow)
 
     def address_set(self, name: str) -> AddressSet:
         for address_set in self.sets:
@@ -131,8 +157,9 @@ def _line_from_toml_error(message: str, text: str) -> int | None:
 class _Validator:
     """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
 
-    TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host")
-    ALLOW_KEYS = ("ports", "proto", "sources", "comment")
+    TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host",
+                "docker_socket")
+    ALLOW_KEYS = ("ports", "proto", "sources", "comment", "container", "labels", "container_ports")
     HOST_KEYS = ("allow", "icmp_echo", "default")
 
     def __init__(self, text: str, filename: str) -> None:
@@ -163,6 +190,7 @@ class _Validator:
             sets=sets,
             allow=allow,
             host=host,
+            docker_socket=self._socket(raw.get("docker_socket", DEFAULT_DOCKER_SOCKET)),
             path=None if self.filename.startswith("<") else self.filename,
         )
 
@@ -187,7 +215,30 @@ class _Validator:
         icmp_echo = value.get("icmp_echo", True)
         if not isinstance(icmp_echo, bool):
             raise self.fail((*base, "icmp_echo"), f"expected true or false, got {icmp_echo!r}")
-        return HostPolicy(self._allow_list(value, base, set_names), icmp_echo, self._verdict(value, base))
+        allow = self._allow_list(value, base, set_names)
+        for index, entry in enumerate(allow):
+            if entry.containers is not None:
+                raise self.fail((*base, "allow", index), "host rules take ports; containers are selected in [[allow]]")
+        return HostPolicy(allow, icmp_echo, self._verdict(value, base))
+
+    def _socket(self, value: Any) -> str:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise self.fail(("docker_socket",), f"expected an absolute path to Docker's unix socket, got {value!r}")
+        return value
+
+    def _containers(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> ContainerSelector | None:
+        if not any(key in entry for key in ("container", "labels", "container_ports")):
+            return None
+        name = entry.get("container")
+        if name is not None and (not isinstance(name, str) or not _CONTAINER_NAME.match(name)):
+            raise self.fail((*base, "container"), f"expected a container name, got {name!r}")
+        labels = entry.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise self.fail((*base, "labels"), 'expected a table of label = "value", e.g. { app = "web" }')
+        if name is None and not labels:
+            raise self.fail(base, "container_ports needs 'container' or 'labels' to say which containers")
+        ports = self._ports(entry["container_ports"], (*base, "container_ports")) if "container_ports" in entry else ()
+        return ContainerSelector(name, tuple(sorted(labels.items())), ports)
 
     def _interfaces(self, value: Any) -> tuple[str, ...]:
         key = ("external_interfaces",)
@@ -219,8 +270,10 @@ class _Validator:
         if not isinstance(entry, dict):
             raise self.fail(base, "expected a table")
         self._no_unknown_keys(entry, self.ALLOW_KEYS, base)
-        if "ports" not in entry:
-            raise self.fail(base, "missing key 'ports' (the published host ports, e.g. [80, \"8000-8100\"])")
+        containers = self._containers(entry, base)
+        if "ports" not in entry and containers is None:
+            raise self.fail(base, "missing key 'ports' (the published host ports, e.g. [80, \"8000-8100\"]) "
+                                  "or 'container'/'labels'")
         proto = entry.get("proto", "tcp")
         if proto not in PROTOCOLS:
             raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
@@ -229,10 +282,11 @@ class _Validator:
             raise self.fail((*base, "comment"),
                             f"expected text of at most {_MAX_COMMENT} characters, without '\"'")
         return Allow(
-            ports=self._ports(entry["ports"], (*base, "ports")),
+            ports=self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else (),
             proto=proto,
             sources=self._sources(entry.get("sources", ["any"]), (*base, "sources"), set_names),
             comment=comment,
+            containers=containers,
         )
 
     def _ports(self, value: Any, key: tuple[str | int, ...]) -> tuple[PortRange, ...]:

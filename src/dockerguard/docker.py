@@ -1,0 +1,123 @@
+"""A small Docker Engine API client over the unix socket (no third-party dependency).
+
+Only what dockerguard needs: list running containers with their published ports and labels, and
+follow the event stream. Unversioned paths work with every Engine API version.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .errors import DockerguardError
+
+
+class DockerUnavailable(DockerguardError):
+    """Docker's API socket cannot be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    container_port: int
+    proto: str
+    host_port: int
+    host_ip: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    ports: tuple[PublishedPort, ...]
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class DockerClient:
+    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _get(self, path: str, timeout: float | None = None) -> tuple[_UnixConnection, http.client.HTTPResponse]:
+        connection = _UnixConnection(self.socket_path, self.timeout if timeout is None else timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+        except OSError as exc:
+            connection.close()
+            raise DockerUnavailable(f"cannot reach Docker at {self.socket_path}: {exc}") from exc
+        if response.status != 200:
+            body = response.read(1000).decode(errors="replace").strip()
+            connection.close()
+            raise DockerUnavailable(f"Docker API {path} answered {response.status}: {body}")
+        return connection, response
+
+    def _get_json(self, path: str) -> Any:
+        connection, response = self._get(path)
+        try:
+            return json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            raise DockerUnavailable(f"bad answer from Docker API {path}: {exc}") from exc
+        finally:
+            connection.close()
+
+    def ping(self) -> bool:
+        try:
+            connection, _ = self._get("/_ping")
+        except DockerUnavailable:
+            return False
+        connection.close()
+        return True
+
+    def containers(self) -> list[ContainerInfo]:
+        """Running containers, with the host ports they publish."""
+        return [_container(raw) for raw in self._get_json("/containers/json")]
+
+    def events(self, idle_timeout: float) -> Iterator[dict[str, Any] | None]:
+        """Container and network events as they happen; yields None after `idle_timeout` seconds without
+        one (so a caller can do periodic work). Ends with DockerUnavailable when the daemon goes away."""
+        filters = quote(json.dumps({"type": ["container", "network"]}))
+        connection, response = self._get(f"/events?filters={filters}", timeout=idle_timeout)
+        try:
+            while True:
+                try:
+                    line = response.readline()
+                except socket.timeout:
+                    yield None
+                    continue
+                except OSError as exc:
+                    raise DockerUnavailable(f"Docker event stream broke: {exc}") from exc
+                if not line:
+                    raise DockerUnavailable("Docker closed the event stream (daemon stopped or restarting)")
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            connection.close()
+
+
+def _container(raw: dict[str, Any]) -> ContainerInfo:
+    names = raw.get("Names") or ["/" + raw.get("Id", "?")[:12]]
+    ports = []
+    for port in raw.get("Ports") or []:
+        if "PublicPort" in port:  # unpublished exposed ports have no PublicPort
+            ports.append(PublishedPort(int(port["PrivatePort"]), str(port.get("Type", "tcp")),
+                                       int(port["PublicPort"]), str(port.get("IP", ""))))
+    labels = tuple(sorted((str(k), str(v)) for k, v in (raw.get("Labels") or {}).items()))
+    return ContainerInfo(str(raw.get("Id", "")), names[0].lstrip("/"), labels, tuple(sorted(set(ports),
+                         key=lambda p: (p.host_port, p.proto, p.host_ip))))
