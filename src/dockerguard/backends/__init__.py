@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 
 from ..errors import UsageError
-from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+from .base import Backend, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 
 # name -> "module:Class"; "auto" is resolved by dockerguard.detect.
 DRIVERS: dict[str, str] = {
     "nft": "dockerguard.backends.nft:NftBackend",
+    "iptables-legacy": "dockerguard.backends.iptables_legacy:IptablesLegacyBackend",
+    "iptables-nft": "dockerguard.backends.iptables_nft:IptablesNftBackend",
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "Backend",
     "InstalledRule",
     "InstalledState",
+    "PathFinding",
     "ProbeResult",
     "Rendered",
     "Snapshot",

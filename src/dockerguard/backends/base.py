@@ -59,6 +59,15 @@ class InstalledState:
 
 
 @dataclass(frozen=True)
+class PathFinding:
+    """One fact about how traffic reaches our rules. `level` is "ok", "warning" (something runs before
+    us and can decide first) or "info" (reported by the driver, not judged)."""
+
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Enough to put a driver's objects back exactly as they were; `data` is JSON-serialisable."""
 
@@ -103,6 +112,14 @@ class Backend(ABC):
     @abstractmethod
     def remove(self) -> None:
         """Delete everything this driver installed, atomically; no error if nothing is there."""
+
+    def path_report(self) -> tuple[PathFinding, ...]:
+        """Is our hook first in the packet's path? Drivers that can check override this; the default
+        passes on the driver's `hooks` facts unjudged."""
+        installed = self.installed()
+        if installed is None:
+            return ()
+        return tuple(PathFinding("info", hook) for hook in installed.hooks)
 
     def ensure_available(self) -> None:
         result = self.probe()

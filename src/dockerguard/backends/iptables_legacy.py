@@ -1,0 +1,230 @@
+"""iptables-legacy driver: python-iptables (libiptc), one table commit per family (IPv4, then IPv6).
+
+The transaction is the same iptables-restore text the iptables-nft driver sends (built by
+`iptables_rules`), interpreted line by line on a private libiptc handle and committed once: libiptc
+replaces the whole table in one setsockopt, so each family changes atomically. The live table is read
+with iptables-legacy-save, so read-back shares the iptables-nft driver's normaliser.
+
+python-iptables gotchas handled here:
+- `import iptc` costs ~0.2 s and runs `modprobe ip_tables`: it is imported only to probe or commit.
+- `iptc.Table`/`Table6` objects are cached process-wide per table name, together with a libiptc handle
+  whose socket belongs to the network namespace current when it was opened (and which may hold
+  someone else's uncommitted changes): every transaction opens a private, uncached handle instead.
+- python-iptables does not take the xtables lock that `iptables -w` (so Docker) uses, and a libiptc
+  commit replaces the whole table: we hold the lock from reading the table to committing it.
+- On hosts where `iptables` means nf_tables, libiptc writes land silently in the unused legacy tables
+  (python-iptables #342 #319 #298 #306): detect.py picks this driver only where Docker's rules are.
+- A quoted comment with a quote in it comes back with a backslash added (python-iptables re-parses
+  parameters with shlex): `iptables_rules.sanitize_comment` keeps quotes out of comments.
+- Whether `-j NAME` jumps to a chain is decided by asking `rule.tables`, i.e. the process-wide cached
+  handles of ALL tables (which instantiates every legacy table, and never sees a chain created in our
+  uncommitted transaction): our rules answer from the transaction's own handle.
+- `python-iptables` parameter parsing redirects the process's fd 1 for a moment (it captures the
+  extension's save output): not thread-safe, but dockerguard calls it from one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import TransactionError
+from ..model import Family
+from . import iptables_rules as rules
+from .base import ProbeResult
+from .iptables_nft import IptablesDriver, probe_binaries, run_tool
+
+LOCK_WAIT = 5.0  # seconds, like `iptables -w 5`
+_RULE_ATTRIBUTES = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
+# python-iptables knows protocols by its own names (Rule6 says "icmpv6", iptables-save "ipv6-icmp"):
+# numbers always work.
+_PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "ipv6-icmp": "58", "icmpv6": "58"}
+
+
+def _iptc() -> Any:
+    import iptc  # lazily: 0.2 s and a modprobe
+
+    return iptc
+
+
+class IptablesLegacyBackend(IptablesDriver):
+    name = "iptables-legacy"
+    flavour = "legacy"
+
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        failed = probe_binaries(cls, ("", "-save"))
+        if failed is not None:
+            return failed
+        try:
+            iptc = _iptc()
+        except Exception as exc:  # ImportError, or libxtables/libiptc failing to load (OSError, XTablesError)
+            return ProbeResult(cls.name, False, f"python-iptables cannot be loaded ({exc}); "
+                                                "install python-iptables and the iptables libraries")
+        library = f"python-iptables {getattr(getattr(iptc, 'version', None), '__version__', '?')}"
+        version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
+        return ProbeResult(cls.name, True, f"{library}, {version}", (("library", library), ("version", version)))
+
+    def _lock(self) -> contextlib.AbstractContextManager[object]:
+        return xtables_lock()
+
+    def _send(self, family: Family, text: str) -> None:
+        label = rules.family_label(family)
+        try:
+            iptc = _iptc()
+            table = _private_table(iptc, family)
+        except Exception as exc:  # import failure, or libiptc refusing the table (EPERM, no module)
+            raise TransactionError(f"python-iptables cannot open the {label} filter table: {_message(exc)}"
+                                   ) from exc
+        try:
+            for number, line in enumerate(text.splitlines(), start=1):
+                try:
+                    _apply_line(iptc, table, family, line)
+                except Exception as exc:  # python-iptables raises IPTCError, XTablesError, ValueError, ...
+                    raise TransactionError(f"python-iptables refused {label} line {number} ({line!r}): "
+                                           f"{_message(exc)}; nothing was committed") from exc
+            try:
+                table.commit()
+            except iptc.IPTCError as exc:
+                raise TransactionError(f"libiptc could not commit the {label} filter table: "
+                                       f"{_message(exc)}") from exc
+        finally:
+            table.close()
+
+
+def _private_table(iptc: Any, family: Family) -> Any:
+    """A fresh libiptc handle on the filter table of the current network namespace, autocommit off.
+
+    `Table.__new__` would hand out the process-wide cached object; `_init` is what it runs on a cache
+    miss (checked against python-iptables 1.2.0).
+    """
+    cls = iptc.Table if family is Family.IPV4 else iptc.Table6
+    table = object.__new__(cls)
+    table._init(cls.FILTER, False)
+    return table
+
+
+def _apply_line(iptc: Any, table: Any, family: Family, line: str) -> None:
+    """Do one iptables-restore `--noflush` line on the handle (the subset `iptables_rules` emits)."""
+    if not line or line.startswith("#") or line in ("*filter", "COMMIT"):
+        return
+    if line.startswith("*"):
+        raise ValueError("only table filter is supported")
+    if line.startswith(":"):
+        chain = line[1:].split()[0]
+        if not table.is_chain(chain):
+            table.create_chain(chain)
+        elif not table.builtin_chain(chain):
+            table.flush_entries(chain)  # what iptables-restore --noflush does to a declared user chain
+        return
+    command, chain, rest = [*line.split(None, 2), "", ""][:3]
+    if command == "-A":
+        iptc.Chain(table, chain).append_rule(_rule(iptc, table, family, rest))
+    elif command == "-I":
+        first, _, spec = rest.partition(" ")
+        position, spec = (int(first), spec) if first.isdigit() else (1, rest)
+        iptc.Chain(table, chain).insert_rule(_rule(iptc, table, family, spec), position - 1)  # 0-based here
+    elif command == "-D":
+        # Matched like `iptables -D CHAIN spec`: python-iptables builds the same entry and mask.
+        iptc.Chain(table, chain).delete_rule(_rule(iptc, table, family, rest))
+    elif command == "-F":
+        table.flush_entries(chain)
+    elif command == "-X":
+        table.delete_chain(chain)
+    else:
+        raise ValueError(f"unsupported command {command!r}")
+
+
+def _rule(iptc: Any, table: Any, family: Family, spec: str) -> Any:
+    """An iptc Rule(6) from a rule spec in iptables-save syntax; chain jumps resolve against `table`."""
+    rule = _rule_class(iptc, family)()
+    rule.transaction_table = table
+    tokens = rules.tokenize(spec)
+    module: Any = None
+    negate = False
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token == "!":
+            negate, index = True, index + 1
+            continue
+        if token in _RULE_ATTRIBUTES or token in ("-m", "-j"):
+            if index + 1 >= len(tokens):
+                raise ValueError(f"{token} without a value")
+            value = tokens[index + 1]
+            index += 2
+            if token == "-m":
+                module = rule.create_match(value)
+            elif token == "-j":
+                module = rule.create_target(value)
+            else:
+                if token == "-p":
+                    value = _PROTOCOL_NUMBERS.get(value, value)
+                setattr(rule, _RULE_ATTRIBUTES[token], f"!{value}" if negate else value)
+            negate = False
+            continue
+        if token.startswith("--") and module is not None:
+            index += 1
+            values: list[str] = []
+            # Option values never start with "-" in what we render or what -save prints for our rules.
+            while index < len(tokens) and tokens[index] != "!" and not tokens[index].startswith("-"):
+                values.append(tokens[index])
+                index += 1
+            module.set_parameter(token[2:], ["!", *values] if negate else values)
+            negate = False
+            continue
+        raise ValueError(f"unsupported token {token!r}")
+    return rule
+
+
+_RULE_CLASSES: dict[Family, Any] = {}
+
+
+def _rule_class(iptc: Any, family: Family) -> Any:
+    """iptc.Rule/Rule6 whose `tables` (consulted to tell a chain jump from a target extension) is
+    the transaction's handle rather than python-iptables' process-wide cached tables."""
+    if family not in _RULE_CLASSES:
+        base = iptc.Rule if family is Family.IPV4 else iptc.Rule6
+
+        class TransactionRule(base):  # type: ignore[misc, valid-type]
+            transaction_table: Any = None
+
+            @property
+            def tables(self) -> list[Any]:
+                return [self.transaction_table]
+
+        _RULE_CLASSES[family] = TransactionRule
+    return _RULE_CLASSES[family]
+
+
+def _message(exc: Exception) -> str:
+    # python-iptables puts libiptc's strerror() bytes into its messages: "can't commit: b'...'".
+    return re.sub(r"""b(['"])(.*?)\1""", r"\2", str(exc))
+
+
+@contextlib.contextmanager
+def xtables_lock(wait: float = LOCK_WAIT) -> Iterator[None]:
+    """The lock `iptables -w` and iptables-restore take (`XTABLES_LOCKFILE`, default /run/xtables.lock)."""
+    path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise TransactionError(f"cannot open the xtables lock {path}: {exc}") from exc
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TransactionError(f"another iptables process held {path} for {wait:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock

@@ -1,0 +1,286 @@
+"""iptables-nft driver: one `iptables-nft-restore --noflush` transaction per family (IPv4, then IPv6).
+
+This module also holds `IptablesDriver`, the logic both iptables drivers share: reading the live
+filter table with `<flavour>-save`, rendering with `iptables_rules`, snapshot/restore/remove as layout
+transitions and the IPv4-then-IPv6 orchestration. A flavour only says how one family's transaction
+is sent (`_send`) and how concurrent writers are kept out (`_lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..errors import TransactionError
+from ..model import Family, Ruleset
+from . import iptables_rules as rules
+from .base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from .iptables_rules import Layout
+
+_TIMEOUT = 30
+_WAIT = ("-w", "5")  # wait for the xtables lock (legacy) instead of failing when Docker holds it
+
+
+@dataclass(frozen=True)
+class IptablesPayload:
+    """What `render` computed: the layouts it assumed, the layouts it aims for, the texts per family."""
+
+    assumed: dict[Family, Layout]
+    target: dict[Family, Layout]
+    texts: dict[Family, str]
+
+
+class IptablesDriver(Backend):
+    """Shared driver logic; subclasses set `name`, `flavour` and implement `probe` and `_send`.
+
+    `live=False` makes `render` assume `rules.BASELINE` instead of reading the kernel (golden files).
+    """
+
+    flavour: ClassVar[str]  # binary suffix: "nft" or "legacy"
+
+    def __init__(self, live: bool = True) -> None:
+        self.live = live
+
+    @classmethod
+    def binary(cls, family: Family, suffix: str = "") -> str:
+        """`binary(Family.IPV6, "-save")` -> "ip6tables-nft-save"."""
+        return f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{cls.flavour}{suffix}"
+
+    # -- hooks for the flavours ------------------------------------------------------------------
+    def _send(self, family: Family, text: str) -> None:
+        """Send one family's restore text as ONE atomic transaction, or raise TransactionError."""
+        raise NotImplementedError
+
+    def _lock(self) -> contextlib.AbstractContextManager[object]:
+        """Held from reading the table to committing; nft transactions need no lock."""
+        return contextlib.nullcontext()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_table(self, family: Family) -> rules.FilterTable:
+        # No `-t filter`: with it iptables-legacy-save would instantiate an absent legacy table.
+        argv = [self.binary(family, "-save"), "-c"]
+        try:
+            proc = run_tool(argv)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            raise TransactionError(f"{argv[0]} failed: {_why(proc)}")
+        try:
+            return rules.parse_save(proc.stdout)
+        except ValueError as exc:
+            raise TransactionError(f"cannot parse {argv[0]} output: {exc}") from None
+
+    def _layouts(self) -> dict[Family, Layout]:
+        return {family: rules.layout_of(self.read_table(family)) for family in Family}
+
+    # -- Backend ---------------------------------------------------------------------------------
+    def render(self, ruleset: Ruleset) -> Rendered:
+        assumed, note = self._assumed()
+        target = {family: rules.target_layout(ruleset, family) for family in Family}
+        texts = {family: rules.restore_text(family, rules.transition(assumed[family], target[family]), note)
+                 for family in Family}
+        return Rendered(self.name, "".join(texts.values()), IptablesPayload(assumed, target, texts))
+
+    def _assumed(self) -> tuple[dict[Family, Layout], str | None]:
+        """The live layouts when readable (the text is then exactly what apply sends now), else the
+        baseline, said so in a comment line of the text."""
+        if self.live:
+            with contextlib.suppress(OSError, subprocess.SubprocessError, TransactionError):
+                return self._layouts(), None
+        return {family: rules.BASELINE for family in Family}, rules.BASELINE_NOTE
+
+    def apply(self, rendered: Rendered) -> None:
+        payload: IptablesPayload = rendered.payload
+        with self._lock():
+            before = self._layouts()
+            sent: list[Family] = []
+            for family in Family:
+                text = payload.texts[family]
+                if before[family].key != payload.assumed[family].key:
+                    # The table changed since render (or render could not read it): the same target,
+                    # reached from what is there now.
+                    text = rules.restore_text(family, rules.transition(before[family], payload.target[family]))
+                try:
+                    self._send(family, text)
+                except TransactionError as exc:
+                    if not sent:
+                        raise
+                    # Two families are two transactions: never leave IPv4 new and IPv6 old.
+                    raise self._undo(sent, before, exc) from exc
+                sent.append(family)
+
+    def _undo(self, sent: Sequence[Family], before: dict[Family, Layout],
+              cause: TransactionError) -> TransactionError:
+        """Put the families already sent back as they were; the error to raise says how that went."""
+        for family in sent:
+            try:
+                self._restore_family(family, before[family])
+            except TransactionError as exc:
+                return TransactionError(f"{cause}; putting {rules.family_label(family)} back failed too: {exc}")
+        return TransactionError(f"{cause}; {', '.join(map(rules.family_label, sent))} put back as before")
+
+    def installed(self) -> InstalledState | None:
+        return rules.installed_state(self.name, {family: self.read_table(family) for family in Family})
+
+    def expected(self, ruleset: Ruleset) -> InstalledState:
+        return rules.expected_state(self.name, ruleset)
+
+    def snapshot(self) -> Snapshot:
+        layouts = self._layouts()
+        return Snapshot(self.name, {rules.family_label(family): layout.to_json()
+                                    for family, layout in layouts.items()})
+
+    def restore(self, snapshot: Snapshot) -> None:
+        errors: list[str] = []
+        with self._lock():
+            for family in Family:
+                try:
+                    self._restore_family(family, Layout.from_json(snapshot.data[rules.family_label(family)]))
+                except TransactionError as exc:
+                    errors.append(str(exc))  # still try the other family
+        if errors:
+            raise TransactionError("; ".join(errors))
+
+    def _restore_family(self, family: Family, snapshot: Layout) -> None:
+        current = rules.layout_of(self.read_table(family))
+        target = rules.restore_target(current, snapshot)
+        if current.key != target.key:
+            self._send(family, rules.restore_text(family, rules.transition(current, target)))
+
+    def path_report(self) -> tuple[PathFinding, ...]:
+        """Are our chains reached first, in both families? Also warns about rules in the other iptables
+        flavour, whose hooks run as well (read-only, plain dumps)."""
+        other = "legacy" if self.flavour == "nft" else "nft"
+        findings: list[PathFinding] = []
+        for family in Family:
+            layout = rules.layout_of(self.read_table(family))
+            if not layout.installed:
+                continue
+            other_save = f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{other}-save"
+            other_table = None
+            with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+                proc = run_tool([other_save])  # a plain dump creates no table
+                other_table = rules.parse_save(proc.stdout) if proc.returncode == 0 else None
+            findings += _path_findings(rules.family_label(family), layout, f"iptables-{other}", other_table)
+        return tuple(findings)
+
+    def remove(self) -> None:
+        with self._lock():
+            for family in Family:
+                current = rules.layout_of(self.read_table(family))
+                if current.installed:
+                    self._send(family, rules.restore_text(
+                        family, rules.transition(current, rules.removal_target(current))))
+
+
+def _path_findings(label: str, layout: Layout, other: str, other_table: rules.FilterTable | None
+                   ) -> list[PathFinding]:
+    """Is each of our chains reached first? `other_table` is the other iptables flavour's table,
+    whose hooks run too (what it drops never reaches us)."""
+    findings: list[PathFinding] = []
+    forward = [position for chain, position, spec in layout.managed
+               if chain == rules.FORWARD_CHAIN and spec == rules.FORWARD_JUMP]
+    if forward == [1]:
+        findings.append(PathFinding("ok", f"{label}: FORWARD rule 1 jumps to DOCKER-USER"))
+    elif not forward:
+        findings.append(PathFinding("warning", f"{label}: nothing in FORWARD jumps to DOCKER-USER: "
+                                               "forwarded traffic never reaches our rules"))
+    else:
+        findings.append(PathFinding("warning", f"{label}: FORWARD jumps to DOCKER-USER at rule(s) "
+                                               f"{', '.join(map(str, forward))}; the rules before decide first"))
+    ours = {name for name, _ in layout.chains}
+    for chain, guard in ((rules.USER_CHAIN, rules.GUARD_CHAIN), (rules.INPUT_CHAIN, rules.HOST_CHAIN)):
+        positions = [position for where, position, spec in layout.managed
+                     if where == chain and rules.jump_target(spec) == guard]
+        if guard not in ours and not positions:
+            continue
+        if positions and positions == list(range(1, len(positions) + 1)):
+            findings.append(PathFinding("ok", f"{label}: {chain} rules 1-{len(positions)} jump to {guard}"))
+        else:
+            findings.append(PathFinding("warning", f"{label}: {chain} jumps to {guard} at rule(s) "
+                                                   f"{', '.join(map(str, positions)) or 'none'}, not first"))
+    if other_table is not None:
+        for chain in (rules.FORWARD_CHAIN, rules.INPUT_CHAIN):
+            count = len(other_table.chain(chain))
+            if count:
+                findings.append(PathFinding("warning", f"{label}: {other} also has {count} {chain} rule(s); "
+                                                       "its hooks run too, and what they drop never reaches us"))
+    return findings
+
+
+def run_tool(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=_TIMEOUT,
+                          check=False)
+
+
+def _why(proc: subprocess.CompletedProcess[str]) -> str:
+    """The tool's complaint on one line, without its "Try `... --help'" advice."""
+    lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines()
+             if line.strip() and not line.startswith("Try `")]
+    return "; ".join(lines) or f"exit status {proc.returncode}"
+
+
+def probe_binaries(cls: type[IptablesDriver], tools: Sequence[str]) -> ProbeResult | None:
+    """The common probe steps; None when they all pass. `tools` are the binary suffixes needed."""
+    missing = [cls.binary(family, suffix) for family in Family for suffix in tools
+               if shutil.which(cls.binary(family, suffix)) is None]
+    if missing:
+        return ProbeResult(cls.name, False, f"missing {', '.join(missing)} (install the iptables package)")
+    try:
+        return _probe_kernel(cls)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return ProbeResult(cls.name, False, f"cannot run the iptables tools: {exc}")
+
+
+def _probe_kernel(cls: type[IptablesDriver]) -> ProbeResult | None:
+    for family in Family:
+        help_text = run_tool([cls.binary(family), "-m", "conntrack", "--help"])
+        if "--ctorigdstport" not in help_text.stdout:
+            return ProbeResult(cls.name, False, f"{cls.binary(family)} lacks the conntrack match with "
+                                                "--ctorigdstport (libxt_conntrack)")
+        saved = run_tool([cls.binary(family, "-save")])
+        if saved.returncode != 0:
+            return ProbeResult(cls.name, False, f"cannot read the {rules.family_label(family)} filter table: "
+                                                f"{_why(saved)} (needs root / CAP_NET_ADMIN)")
+    return None
+
+
+class IptablesNftBackend(IptablesDriver):
+    name = "iptables-nft"
+    flavour = "nft"
+    _wait_supported: ClassVar[bool | None] = None
+
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        failed = probe_binaries(cls, ("", "-save", "-restore"))
+        if failed is not None:
+            return failed
+        version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
+        if "nf_tables" not in version:
+            return ProbeResult(cls.name, False, f"{cls.binary(Family.IPV4)} is not the nf_tables flavour "
+                                                f"({version or 'no version'})")
+        details = (("version", version), ("wait flag", "yes" if cls._wait_args() else "no"))
+        return ProbeResult(cls.name, True, version, details)
+
+    @classmethod
+    def _wait_args(cls) -> tuple[str, ...]:
+        """`-w 5` if this iptables-nft-restore accepts it (an empty test transaction tells)."""
+        if cls._wait_supported is None:
+            proc = run_tool([cls.binary(Family.IPV4, "-restore"), *_WAIT, "--test", "--noflush"],
+                            input="*filter\nCOMMIT\n")
+            cls._wait_supported = proc.returncode == 0
+        return _WAIT if cls._wait_supported else ()
+
+    def _send(self, family: Family, text: str) -> None:
+        argv = [self.binary(family, "-restore"), *self._wait_args(), "--noflush"]
+        try:
+            proc = run_tool(argv, input=text)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            raise TransactionError(f"{argv[0]} refused the {rules.family_label(family)} transaction: "
+                                   f"{_why(proc)}")

@@ -1,0 +1,443 @@
+"""Rule building shared by the iptables-legacy and iptables-nft drivers: pure functions, no I/O.
+
+Chain model in table `filter`, the same for IPv4 (iptables) and IPv6 (ip6tables)::
+
+    FORWARD      rule 1: -j DOCKER-USER         Docker's jump, moved first if it is not (moby #48560)
+    DOCKER-USER  rules 1..k: -i IFACE -m comment --comment dockerguard -j DOCKERGUARD
+                 (one per external interface), then Docker's and the admin's rules, never touched
+    DOCKERGUARD  ours, flushed and refilled as a whole on every apply:
+                 established,related -> RETURN; each allow -> RETURN; [LOG]; DROP or REJECT
+    INPUT        rules 1..k: -i IFACE ... -j DOCKERGUARD-INPUT      only with a [host] policy section
+    DOCKERGUARD-INPUT  ours: established,related, IPv6 neighbour discovery, [echo-request],
+                 each host allow (plain --dport: no DNAT on INPUT) -> RETURN; DROP or REJECT
+
+RETURN hands the packet back to DOCKER-USER and on to Docker's chains, so an allow never opens more
+than Docker publishes. `--ctorigdstport` is the destination port before Docker's DNAT, i.e. the
+published host port. Allows use one rule per (source network, port span) of `Ruleset.rules_for`
+rather than `Ruleset.elements()`: iptables has no interval sets, first match wins (overlaps are
+harmless), and rules that follow the policy entries keep each entry's comment and counters.
+
+Which lines a transaction needs depends on the live table: declaring an existing user chain in
+`iptables-restore --noflush` input flushes it (legacy and nft flavours alike), and `-D` of a missing
+rule fails. So the live table is read first (`parse_save` -> `layout_of`), and `transition` emits
+only the lines that turn that `Layout` into the target one. The same `canonical` spelling is applied
+to what we render and to what `iptables-save` prints, so read-back compares like with like.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import AllowRule, Family, HostRules, Ruleset, Verdict
+from .base import InstalledRule, InstalledState
+from .nft import LOG_PREFIX
+
+GUARD_CHAIN = "DOCKERGUARD"
+HOST_CHAIN = "DOCKERGUARD-INPUT"
+OUR_CHAINS = (GUARD_CHAIN, HOST_CHAIN)
+INPUT_CHAIN = "INPUT"
+USER_CHAIN = "DOCKER-USER"
+FORWARD_CHAIN = "FORWARD"
+JUMP_COMMENT = "dockerguard"
+# Exactly Docker's spelling, so Docker's own `-C FORWARD -j DOCKER-USER` finds the jump we keep first.
+FORWARD_JUMP = f"-j {USER_CHAIN}"
+LOG_LIMIT = "-m limit --limit 5/min --limit-burst 10"  # as iptables-save prints it
+MAX_COMMENT_BYTES = 255  # xt_comment holds 256 bytes including the NUL
+
+_REJECT_WITH = {Family.IPV4: "icmp-port-unreachable", Family.IPV6: "icmp6-port-unreachable"}
+_FAMILY_LABEL = {Family.IPV4: "ipv4", Family.IPV6: "ipv6"}
+_SHORT = {"--source": "-s", "--destination": "-d", "--protocol": "-p"}
+_PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp"}
+_ND_TYPES = (133, 134, 135, 136)  # router solicitation/advertisement, neighbour solicitation/advertisement
+
+Managed = tuple[str, int, str]  # (chain, 1-based position, canonical spec)
+
+
+def family_label(family: Family) -> str:
+    return _FAMILY_LABEL[family]
+
+
+# -- tokens and the canonical spelling ------------------------------------------------------------
+def tokenize(spec: str) -> list[str]:
+    """Split a rule spec as iptables-restore does: double quotes group, and inside them a backslash
+    escapes the next character (iptables-save writes `"it\\'s"`)."""
+    tokens: list[str] = []
+    buf: list[str] = []
+    in_token = quoted = escaped = False
+    for char in spec:
+        if escaped:
+            buf.append(char)
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            in_token = True
+        elif char.isspace() and not quoted:
+            if in_token:
+                tokens.append("".join(buf))
+                buf, in_token = [], False
+        else:
+            buf.append(char)
+            in_token = True
+    if quoted or escaped:
+        raise ValueError(f"unterminated quote in rule spec: {spec!r}")
+    if in_token:
+        tokens.append("".join(buf))
+    return tokens
+
+
+def quote(token: str) -> str:
+    """A token as iptables-save would write it: quoted only when it has to be."""
+    if token and not any(char.isspace() or char in "\"'\\" for char in token):
+        return token
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_SAVE_PLAIN = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_STRING_OPTIONS = ("--comment", "--log-prefix")  # values iptables-save writes with xtables_save_string
+
+
+def save_string(value: str) -> str:
+    """A comment or log prefix as iptables-save writes it: bare only if made of [A-Za-z0-9_-]."""
+    if value and all(char in _SAVE_PLAIN for char in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
+
+
+def canonical(spec: str) -> str:
+    """One spelling for a rule spec, whether we rendered it or iptables-save printed it.
+
+    Folds what -save canonicalises: `/32` (`/128`) on host addresses, protocol numbers and aliases,
+    a `-m tcp`/`-m udp` without options, long option names, and quoting.
+    """
+    tokens = tokenize(spec)
+    out: list[str] = []
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token in ("-s", "-d", "--source", "--destination") and following is not None:
+            out += [_SHORT.get(token, token), quote(_network(following))]
+            index += 2
+            continue
+        if token in ("-p", "--protocol") and following is not None:
+            out += ["-p", quote(_PROTOCOL_NAMES.get(following.lower(), following.lower()))]
+            index += 2
+            continue
+        if token == "-m" and following in ("tcp", "udp"):
+            after = tokens[index + 2] if index + 2 < len(tokens) else ""
+            if not after.startswith("--") and after != "!":  # a protocol match without options adds nothing
+                index += 2
+                continue
+        if token in _STRING_OPTIONS and following is not None:
+            out += [token, save_string(following)]
+            index += 2
+            continue
+        out.append(quote(token))
+        index += 1
+    return " ".join(out)
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
+
+
+def jump_target(spec: str) -> str | None:
+    tokens = tokenize(spec)
+    for index in range(len(tokens) - 1, 0, -1):
+        if tokens[index - 1] in ("-j", "-g", "--jump", "--goto"):
+            return tokens[index]
+    return None
+
+
+def sanitize_comment(text: str) -> str:
+    """A comment that survives every tool: no control characters (a newline would start a new
+    restore line), no quotes or backslashes (python-iptables re-parses comments with shlex and
+    adds a backslash before a quote in a quoted comment), at most 255 bytes."""
+    cleaned = "".join("_" if ord(char) < 32 or ord(char) == 127 or char in "\"'\\" else char
+                      for char in text).strip()
+    while len(cleaned.encode()) > MAX_COMMENT_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned
+
+
+# -- what our chains hold ---------------------------------------------------------------------------
+def _with_comment(matches: str, comment: str, target: str) -> str:
+    middle = f"{matches} " if matches else ""
+    return f"{middle}-m comment --comment {save_string(sanitize_comment(comment))} {target}"
+
+
+_ESTABLISHED = _with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")
+
+
+def _allow_rules(allows: Sequence[AllowRule], family: Family, port_match: str) -> list[str]:
+    """One RETURN rule per (source network, port span) of each allow of `family`, in policy order
+    (per protocol that is `rules_for`). `port_match` is "conntrack" (published port, before DNAT) or
+    "dport" (the plain destination port)."""
+    rules: list[str] = []
+    for allow in allows:
+        if allow.family is not family:
+            continue
+        comment = sanitize_comment(allow.comment) or f"allow {allow.proto}"
+        for net in allow.sources:
+            source = f"-s {net} " if net.prefixlen else ""  # iptables-save omits -s 0.0.0.0/0
+            for span in allow.ports:
+                port = str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
+                match = (f"-m conntrack --ctorigdstport {port}" if port_match == "conntrack"
+                         else f"-m {allow.proto} --dport {port}")
+                rules.append(_with_comment(f"{source}-p {allow.proto} {match}", comment, "-j RETURN"))
+    return rules
+
+
+def _default_rules(default: Verdict, family: Family) -> list[str]:
+    if default is Verdict.REJECT:
+        return [_with_comment("-p tcp", "default reject tcp", "-j REJECT --reject-with tcp-reset"),
+                _with_comment("", "default reject", f"-j REJECT --reject-with {_REJECT_WITH[family]}")]
+    return [_with_comment("", "default drop", "-j DROP")]
+
+
+def guard_rules(ruleset: Ruleset, family: Family) -> tuple[str, ...]:
+    """The rule specs of DOCKERGUARD (forwarded traffic) for one family, without `-A DOCKERGUARD`."""
+    rules = [_ESTABLISHED, *_allow_rules(ruleset.allows, family, "conntrack")]
+    if ruleset.log_dropped:
+        rules.append(_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX)}"))
+    return tuple(rules + _default_rules(ruleset.default, family))
+
+
+def host_rules(host: HostRules, family: Family) -> tuple[str, ...]:
+    """The rule specs of DOCKERGUARD-INPUT (traffic to the host itself), like the nft driver's."""
+    rules = [_ESTABLISHED]
+    if family is Family.IPV6:  # without neighbour discovery IPv6 stops working altogether
+        rules += [_with_comment(f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}", "ipv6 neighbour discovery",
+                                "-j RETURN") for kind in _ND_TYPES]
+    if host.icmp_echo:
+        rules.append(_with_comment("-p icmp -m icmp --icmp-type 8", "icmp echo-request", "-j RETURN")
+                     if family is Family.IPV4 else
+                     _with_comment("-p ipv6-icmp -m icmp6 --icmpv6-type 128", "icmpv6 echo-request", "-j RETURN"))
+    return tuple(rules + _allow_rules(host.allows, family, "dport") + _default_rules(host.default, family))
+
+
+def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
+    return f"-i {interface} -m comment --comment {JUMP_COMMENT} -j {chain}"
+
+
+# -- the managed part of one family's filter table -----------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """What dockerguard manages in one family's filter table, and nothing else.
+
+    `managed` are the rules we place or move: the unconditional FORWARD -> DOCKER-USER jumps and every
+    jump to one of our chains, with their positions. `chains` are our chains that exist, with their
+    rules. `foreign_user_rules` counts DOCKER-USER's other rules (Docker's RETURN, the admin's), which
+    we never touch but must know about before deleting a DOCKER-USER we created.
+    """
+
+    user_chain: bool
+    managed: tuple[Managed, ...]
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    foreign_user_rules: int = 0
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """What a transition from or to this layout depends on (foreign rules only matter for
+        deleting DOCKER-USER)."""
+        return self.user_chain, self.managed, self.chains
+
+    @property
+    def installed(self) -> bool:
+        """Is anything of dockerguard's there? (Docker's FORWARD jump alone is not ours.)"""
+        return bool(self.chains) or any(jump_target(spec) in OUR_CHAINS for _, _, spec in self.managed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_chain": self.user_chain, "managed": [list(item) for item in self.managed],
+                "chains": [[name, list(specs)] for name, specs in self.chains],
+                "foreign_user_rules": self.foreign_user_rules}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Layout:
+        return cls(bool(data["user_chain"]),
+                   tuple((str(chain), int(position), str(spec)) for chain, position, spec in data["managed"]),
+                   tuple((str(name), tuple(str(spec) for spec in specs)) for name, specs in data["chains"]),
+                   int(data.get("foreign_user_rules", 0)))
+
+
+# What render() assumes when it cannot read the live table (no root): a Docker host where nothing of
+# dockerguard is installed yet.
+BASELINE = Layout(user_chain=True, managed=((FORWARD_CHAIN, 1, FORWARD_JUMP),), chains=(),
+                  foreign_user_rules=1)
+BASELINE_NOTE = ("assumed live state (not read): DOCKER-USER exists, FORWARD jumps to it first, "
+                 "nothing of dockerguard installed")
+
+
+def target_layout(ruleset: Ruleset, family: Family) -> Layout:
+    managed: list[Managed] = [(FORWARD_CHAIN, 1, FORWARD_JUMP)]
+    managed += [(USER_CHAIN, index, canonical(jump_spec(interface)))
+                for index, interface in enumerate(ruleset.interfaces, start=1)]
+    chains = [(GUARD_CHAIN, tuple(canonical(spec) for spec in guard_rules(ruleset, family)))]
+    if ruleset.host is not None:
+        managed += [(INPUT_CHAIN, index, canonical(jump_spec(interface, HOST_CHAIN)))
+                    for index, interface in enumerate(ruleset.interfaces, start=1)]
+        chains.append((HOST_CHAIN, tuple(canonical(spec) for spec in host_rules(ruleset.host, family))))
+    return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)))
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    chain: str
+    spec: str  # canonical
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FilterTable:
+    """The `*filter` section of an iptables-save dump (`-c` counters optional)."""
+
+    chains: tuple[str, ...]
+    rules: tuple[SavedRule, ...]
+
+    def chain(self, name: str) -> list[SavedRule]:
+        return [rule for rule in self.rules if rule.chain == name]
+
+
+def parse_save(text: str) -> FilterTable:
+    """Read the filter table out of iptables-save output; other tables and comments are skipped."""
+    chains: list[str] = []
+    rules: list[SavedRule] = []
+    table = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table != "filter" or line == "COMMIT":
+            continue
+        if line.startswith(":"):
+            chains.append(line[1:].split()[0])
+            continue
+        packets = octets = 0
+        if line.startswith("["):  # `iptables-save -c`: "[packets:bytes] -A CHAIN ..."
+            counters, _, line = line.partition("] ")
+            packets, octets = (int(value) for value in counters[1:].split(":"))
+        if not line.startswith("-A "):
+            raise ValueError(f"unexpected iptables-save line: {raw!r}")
+        _, chain, spec = [*line.split(None, 2), ""][:3]
+        rules.append(SavedRule(chain, canonical(spec), packets, octets))
+    return FilterTable(tuple(chains), tuple(rules))
+
+
+def layout_of(table: FilterTable) -> Layout:
+    managed: list[Managed] = []
+    foreign_user_rules = 0
+    for chain in table.chains:
+        for position, rule in enumerate(table.chain(chain), start=1):
+            if (chain == FORWARD_CHAIN and rule.spec == FORWARD_JUMP) or jump_target(rule.spec) in OUR_CHAINS:
+                managed.append((chain, position, rule.spec))
+            elif chain == USER_CHAIN:
+                foreign_user_rules += 1
+    chains = tuple((name, tuple(rule.spec for rule in table.chain(name)))
+                   for name in sorted(OUR_CHAINS) if name in table.chains)
+    return Layout(USER_CHAIN in table.chains, tuple(sorted(managed)), chains, foreign_user_rules)
+
+
+# -- from one layout to another -------------------------------------------------------------------
+def transition(current: Layout, target: Layout) -> list[str]:
+    """iptables-restore `--noflush` lines that turn `current` into `target` (table filter).
+
+    Our chains are declared (created or flushed) and refilled whenever the target has them. Managed
+    rules are only touched in chains where they differ: all of them are deleted by spec, then the
+    target's are inserted at their positions in ascending order, which restores exact positions as
+    long as the other rules of the chain are unchanged.
+    """
+    ours = dict(target.chains)
+    if any(jump_target(spec) in OUR_CHAINS and jump_target(spec) not in ours for _, _, spec in target.managed):
+        raise ValueError("a target layout cannot jump to one of our chains it does not have")
+    drop_user_chain = current.user_chain and not target.user_chain
+    if drop_user_chain and (current.foreign_user_rules or any(
+            chain == USER_CHAIN or jump_target(spec) == USER_CHAIN for chain, _, spec in target.managed)):
+        raise ValueError("cannot delete DOCKER-USER: it holds other rules or is still jumped to")
+    lines: list[str] = []
+    if target.user_chain and not current.user_chain:
+        lines.append(f":{USER_CHAIN} - [0:0]")  # absent, so declaring it flushes nothing
+    lines += [f":{name} - [0:0]" for name in ours]  # created, or flushed to be refilled below
+    changed = [chain for chain in sorted({chain for chain, _, _ in (*current.managed, *target.managed)})
+               if _in_chain(current.managed, chain) != _in_chain(target.managed, chain)]
+    for chain in changed:
+        lines += [f"-D {chain} {spec}" for _, _, spec in _in_chain(current.managed, chain)]
+    for name, specs in target.chains:
+        lines += [f"-A {name} {spec}" for spec in specs]
+    for name, _ in current.chains:
+        if name not in ours:
+            lines += [f"-F {name}", f"-X {name}"]  # every jump to it was deleted above
+    for chain in changed:
+        lines += [f"-I {chain} {position} {spec}" for _, position, spec in _in_chain(target.managed, chain)]
+    if drop_user_chain:
+        lines.append(f"-X {USER_CHAIN}")
+    return lines
+
+
+def _in_chain(managed: Sequence[Managed], chain: str) -> list[Managed]:
+    return sorted(item for item in managed if item[0] == chain)
+
+
+def removal_target(current: Layout) -> Layout:
+    """`current` without anything of dockerguard's; DOCKER-USER and FORWARD's jump to it stay."""
+    kept = tuple(item for item in current.managed if jump_target(item[2]) not in OUR_CHAINS)
+    return Layout(current.user_chain, kept, (), current.foreign_user_rules)
+
+
+def restore_target(current: Layout, snapshot: Layout) -> Layout:
+    """The snapshot, unless that would delete a DOCKER-USER that meanwhile got other rules (Docker
+    started): then DOCKER-USER and the current FORWARD jumps to it stay."""
+    if snapshot.user_chain or not current.user_chain or not current.foreign_user_rules:
+        return snapshot
+    forward = tuple(item for item in current.managed if item[0] == FORWARD_CHAIN and item[2] == FORWARD_JUMP)
+    return Layout(True, tuple(sorted((*snapshot.managed, *forward))), snapshot.chains,
+                  current.foreign_user_rules)
+
+
+def restore_text(family: Family, lines: Sequence[str], note: str | None = None) -> str:
+    """One family's iptables-restore input, headed by a `# ipv4`/`# ipv6` comment line."""
+    header = [f"# {family_label(family)}"] + ([f"# {note}"] if note else [])
+    return "\n".join([*header, "*filter", *lines, "COMMIT"]) + "\n"
+
+
+# -- read-back: the same code reads what we render and what iptables-save prints -----------------
+def state(backend: str, layouts: Mapping[Family, Layout],
+          counters: Mapping[Family, FilterTable] | None = None) -> InstalledState:
+    """An InstalledState from per-family layouts; counters, when given, come from the live tables."""
+    hooks: list[str] = []
+    rules: list[InstalledRule] = []
+    for family in Family:
+        layout = layouts.get(family)
+        if layout is None:
+            continue
+        label = family_label(family)
+        hooks += [f"{label} {chain} rule {position}: {spec}" for chain, position, spec in layout.managed]
+        hooks.append(f"{label} chains: {', '.join(name for name, _ in layout.chains) or 'none'}")
+        for name, specs in layout.chains:
+            live = counters[family].chain(name) if counters and family in counters else []
+            for index, spec in enumerate(specs):
+                packets, octets = (live[index].packets, live[index].bytes) if index < len(live) else (0, 0)
+                rules.append(InstalledRule(f"{label} {name}", spec, packets, octets))
+    return InstalledState(backend, tuple(hooks), tuple(rules))
+
+
+def expected_state(backend: str, ruleset: Ruleset) -> InstalledState:
+    return state(backend, {family: target_layout(ruleset, family) for family in Family})
+
+
+def installed_state(backend: str, tables: Mapping[Family, FilterTable]) -> InstalledState | None:
+    layouts = {family: layout_of(table) for family, table in tables.items()}
+    if not any(layout.installed for layout in layouts.values()):
+        return None
+    return state(backend, layouts, tables)
