@@ -31,6 +31,8 @@ from dockerguard.backends.iptables_rules import (
     parse_save,
     transition,
 )
+from dockerguard.containers import resolve_containers
+from dockerguard.docker import ContainerInfo, PublishedPort
 from dockerguard.model import Family
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -376,10 +378,17 @@ def test_both_flavours_send_the_same_transaction() -> None:
 
 
 # -- golden files ---------------------------------------------------------------------------------
+EXAMPLE_CONTAINERS = [
+    ContainerInfo("a1", "web", (), (PublishedPort(80, "tcp", 8080, "0.0.0.0"),)),
+    ContainerInfo("b2", "shop", (("dockerguard.public", "true"),),
+                  (PublishedPort(443, "tcp", 8443, "0.0.0.0"), PublishedPort(9090, "tcp", 9090, "0.0.0.0"))),
+]
+
+
 def render_example(backend: str, example: Path) -> str:
     policy = load_policy(example)
-    if policy.uses_containers:
-        pytest.skip("selects containers: needs the Docker API to render")
+    if policy.uses_containers:  # render against a fixed set of running containers
+        policy, _ = resolve_containers(policy, EXAMPLE_CONTAINERS)
     cls = driver_class(backend)
     driver: Backend = cls(live=False) if issubclass(cls, IptablesDriver) else cls()
     return driver.render(compile_policy(policy)).text
