@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from .compiler import compile_policy
-from .engine import ApplyResult, Engine, Plan, Status
+from .diff import Change, Diff
+from .engine import ApplyResult, Engine, Plan, RollbackResult, Status, Step
 from .errors import (
     ApplyError,
     BackendUnavailable,
+    ConfirmError,
     DetectionError,
     DockerguardError,
+    PendingConfirmationError,
     PolicyError,
     RollbackError,
+    StateError,
     TransactionError,
     UsageError,
 )
@@ -22,14 +26,21 @@ __all__ = [
     "ApplyError",
     "ApplyResult",
     "BackendUnavailable",
+    "Change",
+    "ConfirmError",
     "DetectionError",
+    "Diff",
     "DockerguardError",
     "Engine",
+    "PendingConfirmationError",
     "Plan",
     "Policy",
     "PolicyError",
     "RollbackError",
+    "RollbackResult",
+    "StateError",
     "Status",
+    "Step",
     "TransactionError",
     "UsageError",
     "compile_policy",

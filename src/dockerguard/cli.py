@@ -1,13 +1,20 @@
 """The `dockerguard` command (typer). The only module that prints.
 
-Exit codes: 0 ok, 1 runtime/kernel error, 2 bad input (policy, arguments).
+Exit codes: 0 ok, 1 runtime/kernel error (and `diff --exit-code` with changes), 2 bad input (policy,
+arguments), 3 drift (`status -c`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
+import shutil
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -18,7 +25,7 @@ from rich.text import Text
 from . import __version__
 from .backends import probe_all
 from .detect import detect
-from .engine import Engine
+from .engine import Engine, Status, Step
 from .errors import DockerguardError, UsageError
 from .policy import BACKEND_NAMES, load_policy
 
@@ -31,24 +38,45 @@ app = typer.Typer(
     add_completion=True,
 )
 # markup=False: policy paths, comments and kernel messages may contain [brackets].
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False, soft_wrap=True)  # never fold lines that scripts parse
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 PolicyOption = typer.Option(DEFAULT_POLICY, "--config", "-c", help="Policy file (TOML).")
 BackendOption = typer.Option(
     None, "--backend", "-b", help=f"Override the policy's backend: {', '.join(BACKEND_NAMES)}."
 )
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
+StateDirOption = typer.Option(
+    None, "--state-dir", envvar="DOCKERGUARD_STATE_DIR",
+    help="History and pending confirmation (default /var/lib/dockerguard).",
+)
+_options = {"verbose": False}  # global options from the callback
+_LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
 
 
-def _engine(backend: Optional[str]) -> Engine:
+def _engine(backend: Optional[str], **options: Any) -> Engine:
     if backend is not None and backend not in BACKEND_NAMES:
         raise UsageError(f"unknown backend {backend!r} (expected one of: {', '.join(BACKEND_NAMES)})")
-    return Engine(backend)
+    return Engine(backend, **options)
 
 
 def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str)) if out.is_terminal else print(json.dumps(data, default=str))
+
+
+def _show_steps(steps: Sequence[Step]) -> None:
+    """--verbose: what the engine did and how long each step took, on stderr (stdout stays parseable)."""
+    if _options["verbose"]:
+        for step in steps:
+            err.print(f"  {step.action}: {step.detail} ({step.seconds * 1000:.1f} ms)", soft_wrap=True)
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 @app.command()
@@ -67,13 +95,94 @@ def plan(config: str = PolicyOption, backend: Optional[str] = BackendOption) -> 
 
 
 @app.command()
-def apply(config: str = PolicyOption, backend: Optional[str] = BackendOption) -> None:
-    """Install the policy in one atomic transaction (rolled back if verification fails)."""
-    result = _engine(backend).apply(load_policy(config))
-    if result.changed:
-        out.print(f"applied ruleset {result.digest} with backend {result.backend}")
+def diff(
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    as_json: bool = JsonOption,
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when apply would change something."),
+) -> None:
+    """Show what apply would change (+ add, - remove): hooks, rules, set elements. Empty when nothing."""
+    result = _engine(backend).diff(load_policy(config))
+    if as_json:
+        _print_json({"backend": result.backend, "changed": result.changed,
+                     "changes": [asdict(change) for change in result.changes]})
     else:
+        for change in result.changes:
+            out.print(Text(str(change), style="green" if change.op == "+" else "red"), soft_wrap=True)
+    if exit_code and result.changed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def apply(
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    confirm: Optional[float] = typer.Option(
+        None, "--confirm", metavar="SECONDS",
+        help="Roll back automatically after SECONDS unless `dockerguard confirm` (or 'y' on a terminal) "
+             "keeps the new rules; survives this process being killed."),
+    state_dir: Optional[str] = StateDirOption,
+) -> None:
+    """Install the policy in one atomic transaction (rolled back if verification fails)."""
+    engine = _engine(backend, state_dir=state_dir)
+    result = engine.apply(load_policy(config), confirm=confirm)
+    _show_steps(result.steps)
+    if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")
+        return
+    out.print(f"applied ruleset {result.digest} with backend {result.backend}", soft_wrap=True)
+    pending = result.pending
+    if pending is None:
+        return
+    if not sys.stdin.isatty():
+        out.print(f"run `dockerguard confirm` before {_clock(pending.deadline)} (in {confirm:g} s), or the "
+                  "previous ruleset comes back automatically", soft_wrap=True)
+        return
+    answer = _ask_keep(pending.deadline)
+    if answer:
+        engine.confirm()
+        out.print(f"kept ruleset {pending.policy_digest}", soft_wrap=True)
+        return
+    undone = engine.expire_pending(pending.token, "declined" if answer is False else "deadline")
+    if undone is not None:
+        _show_steps(undone.steps)
+    out.print("previous ruleset restored" + (" (no answer in time)" if answer is None else ""), soft_wrap=True)
+    if answer is None:
+        raise typer.Exit(1)
+
+
+def _ask_keep(deadline: float) -> Optional[bool]:
+    """'keep? [y/N]' until the deadline: True (y), False (anything else, EOF, Ctrl-C), None (no answer)."""
+    out.print(f"keep the new rules? [y/N] (rolled back at {_clock(deadline)} otherwise) ", end="")
+    sys.stdout.flush()
+    try:
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                out.print()
+                return None
+            ready, _, _ = select.select([sys.stdin], [], [], remaining)
+            if ready:
+                return sys.stdin.readline().strip().lower() in ("y", "yes")
+    except KeyboardInterrupt:
+        out.print()
+        return False
+
+
+@app.command()
+def confirm(state_dir: Optional[str] = StateDirOption) -> None:
+    """Keep the rules of a pending `apply --confirm`; its rollback timer stands down."""
+    pending = Engine(state_dir=state_dir).confirm()
+    out.print(f"confirmed ruleset {pending.policy_digest} ({pending.backend}); it stays installed", soft_wrap=True)
+
+
+@app.command()
+def rollback(backend: Optional[str] = BackendOption, state_dir: Optional[str] = StateDirOption) -> None:
+    """Restore the rules from before the last apply (or remove), verified, and drop it from the history."""
+    result = _engine(backend, state_dir=state_dir).rollback()
+    _show_steps(result.steps)
+    out.print(f"rolled back the {result.action} of {_when(result.changed_at)} (history entry {result.entry}): "
+              f"previous ruleset restored and verified ({result.backend})", soft_wrap=True)
 
 
 @app.command()
@@ -81,31 +190,66 @@ def status(
     backend: Optional[str] = BackendOption,
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Also report drift from this policy."),
     as_json: bool = JsonOption,
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
-    """Show what dockerguard has installed, with packet counters."""
+    """Show the backend, whether our hook runs first, the rules with counters, drift and pending
+    confirmation. Exit 3 on drift from -c POLICY."""
     policy = load_policy(config) if config else None
-    result = _engine(backend).status(policy)
+    result = _engine(backend, state_dir=state_dir).status(policy)
     if as_json:
         _print_json(asdict(result))
-        return
-    if result.detection is not None:
-        out.print(f"backend: {result.backend} (auto: {result.detection.reason})")
     else:
-        out.print(f"backend: {result.backend}")
+        _print_status(result)
+    if result.in_sync is False:
+        raise typer.Exit(3)
+
+
+def _print_status(result: Status) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    detection = f" (auto: {result.detection.reason})" if result.detection is not None else ""
+    grid.add_row("backend", result.backend + detection)
     if result.installed is None:
-        out.print("installed: nothing")
-    else:
-        for hook in result.installed.hooks:
-            out.print(f"hook: {hook}")
+        grid.add_row("installed", Text("nothing", style="yellow"))
+    for index, finding in enumerate(result.path):
+        grid.add_row("path" if index == 0 else "", Text(f"{finding.level}: {finding.message}",
+                                                          style=_LEVEL_STYLE.get(finding.level, "")))
+    if result.pending is not None:
+        left = result.pending.deadline - time.time()
+        text = (f"apply --confirm of ruleset {result.pending.policy_digest}: rolled back at "
+                f"{_clock(result.pending.deadline)} (in {left:.0f} s) unless `dockerguard confirm`"
+                if left > 0 else f"apply --confirm of ruleset {result.pending.policy_digest}: OVERDUE by "
+                                 f"{-left:.0f} s (its timer is gone; the next apply or rollback does it)")
+        grid.add_row("pending", Text(text, style="yellow"))
+    for interrupted in result.interrupted:
+        grid.add_row("rollback", Text(f"rollback of ruleset {interrupted.policy_digest} did not finish: "
+                                      "run `dockerguard rollback`", style="red"))
+    last = result.last_rollback
+    if last is not None:
+        outcome = "restored and verified" if last.get("ok") else f"FAILED: {last.get('error')}"
+        grid.add_row("last rollback", Text(f"{_when(float(last.get('time', 0)))} ({last.get('reason')}): {outcome}",
+                                           style="" if last.get("ok") else "red"))
+    if result.history:
+        newest = result.history[-1]
+        count = f"{len(result.history)} change{'s' if len(result.history) != 1 else ''}"
+        grid.add_row("history", f"{count} recorded in {result.state_dir} (last: "
+                                f"{newest.action} at {_when(newest.timestamp)}); `dockerguard rollback` undoes it")
+    if result.state_error is not None:
+        grid.add_row("state", Text(result.state_error, style="red"))
+    if result.diff is not None:
+        grid.add_row("policy", Text("in sync", style="green") if not result.diff.changed else Text(
+            f"DRIFT: {len(result.diff.changes)} differences from the policy (+ apply would add, - remove)",
+            style="red"))
+    out.print(grid)
+    if result.installed is not None:
         table = Table("chain", "rule", "packets", "bytes")
         for rule in result.installed.rules:
             table.add_row(rule.chain, rule.description, str(rule.packets), str(rule.bytes))
         out.print(table)
-    if result.in_sync is not None:
-        if not result.in_sync:
-            out.print("DRIFT: the installed rules differ from the policy", style="red")
-            raise typer.Exit(3)
-        out.print("in sync with the policy")
+    if result.diff is not None:
+        for change in result.diff.changes:
+            out.print(Text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
 
 
 @app.command()
@@ -126,7 +270,8 @@ def backends(as_json: bool = JsonOption) -> None:
         decision = {"backend": detection.backend, "reason": detection.reason,
                     "evidence": dict(detection.evidence)}
     except DockerguardError as exc:
-        decision = {"backend": None, "reason": str(exc), "evidence": {}}
+        # A detection conflict carries the counts that caused it.
+        decision = {"backend": None, "reason": str(exc), "evidence": dict(getattr(exc, "evidence", ()))}
     if as_json:
         _print_json({"backends": [asdict(probe) for probe in probes], "auto": decision})
         return
@@ -134,8 +279,133 @@ def backends(as_json: bool = JsonOption) -> None:
     for probe in probes:
         table.add_row(probe.backend, "yes" if probe.available else Text("no", style="red"), probe.reason)
     out.print(table)
-    out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}")
+    out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
+    for key, value in decision["evidence"].items():
+        out.print(f"  {key}: {value}", soft_wrap=True)
 
+
+@app.command()
+def watch(
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    interval: float = typer.Option(5.0, "--interval", min=0.2, help="Seconds between drift checks."),
+    docker_socket: Optional[str] = typer.Option(
+        None, "--docker-socket", help="Docker API socket (default: the policy's docker_socket)."),
+) -> None:
+    """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
+
+    Runs until SIGTERM or Ctrl-C; logs what it did to stderr."""
+    import logging
+    import signal
+    import threading
+
+    from .docker import DockerClient
+    from .watch import Watcher
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
+    socket_path = docker_socket or policy.docker_socket
+    docker = DockerClient(socket_path)
+    engine = _engine(backend, docker=docker)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    err.print(f"watching {config} (Docker API {socket_path}, drift check every {interval:g} s)")
+    Watcher(engine, lambda: load_policy(config), docker, interval=interval).run(stop)
+
+
+@app.command()
+def export(
+    fmt: str = typer.Option(..., "--format", "-f", help="iptables-restore, nft or systemd."),
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),
+    watch: bool = typer.Option(False, "--watch", help="systemd: a service running `dockerguard watch`."),
+) -> None:
+    """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that
+    re-applies the policy at boot."""
+    from .export import FORMATS, export_text
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r} (expected one of: {', '.join(FORMATS)})")
+    if family not in (4, 6):
+        raise UsageError(f"--family must be 4 or 6, got {family}")
+    policy = load_policy(config)
+    engine = _engine(backend)
+    ruleset = None if fmt == "systemd" else engine.compile(policy)
+    sys.stdout.write(export_text(policy, fmt, ruleset=ruleset, backend=backend, command=_entry_point(),
+                                 family=family, watch=watch))
+
+
+def _entry_point() -> list[str]:
+    """How systemd should start dockerguard: this very script, else the one on PATH, else `python -m`."""
+    script = Path(sys.argv[0])
+    if script.name == "dockerguard" and script.is_file():
+        return [str(script.absolute())]
+    found = shutil.which("dockerguard")
+    if found:
+        return [os.path.abspath(found)]
+    return [sys.executable, "-m", "dockerguard"]
+
+
+@app.command("_rollback-timer", hidden=True)
+def rollback_timer(token: str = typer.Argument(...), state_dir: Optional[str] = StateDirOption) -> None:
+    """Internal: the detached process `apply --confirm` starts (see state.spawn_rollback_timer)."""
+    from .state import StateDir
+
+    found = StateDir(state_dir).read_pending(token)
+    if found is not None:
+        Engine(found.pending.backend, state_dir=state_dir).run_rollback_timer(token)
+
+
+_DEMO_GOT = {"open": "through", "timeout": "blocked (no answer)", "refused": "blocked (refused)",
+             "unreachable": "blocked (unreachable)"}
+
+
+@app.command()
+def demo(
+    backend: str = typer.Option(
+        "nft", "--backend", "-b", help=f"Backend to try: {', '.join(BACKEND_NAMES)} (auto: detected in the sandbox)."
+    ),
+    docker_firewall: Optional[str] = typer.Option(
+        None, "--docker-firewall",
+        help="How the sandbox's Docker runs its firewall: iptables-nft, iptables-legacy or nftables (Docker 29+). "
+             "Default: the backend's own; iptables-nft for nft and auto.",
+    ),
+) -> None:
+    """Try dockerguard safely: a throw-away sandbox (network namespaces) with a Docker-like host gets an example
+    policy, outside clients probe its published ports, then everything is removed. Needs root; the host's own
+    firewall and network are not touched. Exit 0 when every outcome matched the policy."""
+    from .demo import run_demo  # only this command needs the sandbox
+
+    result = run_demo(backend, docker_firewall,
+                      progress=lambda message: out.print(message, style="dim", soft_wrap=True))
+    out.print("policy:", soft_wrap=True)
+    out.print("\n".join(f"  {line}" for line in result.policy.strip().splitlines()), style="dim", soft_wrap=True)
+    through = sum(row.through for row in result.before)
+    out.print(f"without dockerguard: {through} of {len(result.before)} probes got through "
+              "(Docker publishes all of these ports)", soft_wrap=True)
+    table = Table("source", "port", "expected", "got", "ok",
+                  title=f"with the policy, backend {result.backend}, Docker firewall {result.docker_firewall}")
+    for row in result.rows:
+        check = row.check
+        table.add_row(f"{check.source} ({check.label})", f"{check.port}/{check.proto}",
+                      "through" if check.expected else "blocked", _DEMO_GOT.get(row.outcome, row.outcome),
+                      Text("yes", style="green") if row.ok else Text("NO", style="bold red"))
+    out.print(table)
+    through = sum(row.through for row in result.after_remove)
+    out.print(f"after `dockerguard remove`: {through} of {len(result.after_remove)} probes got through again",
+              soft_wrap=True)
+    if result.ok:
+        out.print(f"demo passed: every outcome matched the policy ({result.seconds:.1f} s); the sandbox is gone",
+                  style="green", soft_wrap=True)
+        return
+    wrong = len(result.mismatches)
+    problems = [f"{wrong} outcome{' differs' if wrong == 1 else 's differ'} from the policy"] if wrong else []
+    problems += [] if result.baseline_ok else ["some published ports were closed before dockerguard ran"]
+    problems += [] if result.restored_ok else ["some published ports stayed closed after remove"]
+    out.print(f"demo FAILED: {'; '.join(problems)}; the sandbox is gone", style="bold red", soft_wrap=True)
+    raise typer.Exit(1)
 
 def _version(value: bool) -> None:
     if value:
@@ -144,15 +414,20 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Show the version and exit.")) -> None:
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show what the engine did, with timings."),
+) -> None:
     """dockerguard: protect Docker-published ports with one declarative policy."""
+    _options["verbose"] = verbose
 
 
 def main() -> None:
     try:
         app()  # typer handles --help and usage errors itself (exit 2)
     except DockerguardError as exc:
+        _show_steps(getattr(exc, "steps", ()))
         err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
         sys.exit(exc.exit_code)
 

@@ -1,19 +1,50 @@
-"""Plan, apply (with verification and rollback), status and remove: the API behind the CLI.
+"""Plan, diff, apply (with verification, history and an optional confirmation deadline), rollback,
+status and remove: the API behind the CLI.
 
     from dockerguard import Engine, load_policy
     Engine().apply(load_policy("/etc/dockerguard/policy.toml"))
+
+Every method that changes the ruleset holds the state directory's lock, records the driver's snapshot in
+the history first, and reports what it did as `Step`s (the CLI prints them with --verbose).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .backends import Backend, InstalledState, Rendered, get_backend
+from .backends import Backend, InstalledState, PathFinding, Rendered, Snapshot, get_backend
 from .compiler import compile_policy
+from .containers import Resolution, resolve_containers
 from .detect import Detection, detect
-from .errors import ApplyError, DockerguardError, RollbackError
+from .diff import Diff, diff_states
+from .docker import DockerClient
+from .errors import (
+    ApplyError,
+    ConfirmError,
+    DockerguardError,
+    PendingConfirmationError,
+    RollbackError,
+    StateError,
+    UsageError,
+)
 from .model import Ruleset
 from .policy import Policy
+from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+
+# A pending confirmation this far past its deadline has lost its timer (killed, host suspended):
+# the next command that changes the ruleset performs the rollback itself.
+OVERDUE_GRACE = 5.0
+TIMER_POLL = 0.25  # how often the timer looks whether `confirm` removed the pending file
+
+TimerLauncher = Callable[[Path, str], int]
 
 
 @dataclass(frozen=True)
@@ -31,10 +62,41 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One thing the engine did, and how long it took (since the previous step)."""
+
+    action: str
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ApplyResult:
     backend: str
     changed: bool
     digest: str
+    steps: tuple[Step, ...] = ()
+    history_entry: int | None = None  # the entry `rollback` would undo
+    pending: Pending | None = None  # set by apply(confirm=...): roll back at pending.deadline unless confirmed
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    backend: str
+    entry: int  # the history entry undone
+    action: str  # what it undid: "apply" or "remove"
+    changed_at: float  # when that change was made
+    reason: str  # "rollback", "deadline", "declined", "overdue"
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistorySummary:
+    number: int
+    backend: str
+    timestamp: float
+    action: str
+    policy_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -43,15 +105,48 @@ class Status:
     installed: InstalledState | None
     in_sync: bool | None  # None when no policy was given to compare with
     detection: Detection | None = None
+    path: tuple[PathFinding, ...] = ()
+    diff: Diff | None = None  # with a policy: what apply would change
+    pending: Pending | None = None
+    interrupted: tuple[Pending, ...] = ()  # rollbacks that failed or were interrupted: run `rollback`
+    history: tuple[HistorySummary, ...] = ()
+    last_rollback: dict[str, Any] | None = None
+    state_dir: str = ""
+    state_error: str | None = None  # the kernel part is still reported when the state dir is unreadable
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self._last = time.perf_counter()
+
+    def __call__(self, action: str, detail: str) -> None:
+        now = time.perf_counter()
+        self.steps.append(Step(action, detail, round(now - self._last, 6)))
+        self._last = now
 
 
 class Engine:
     """Drives one backend. `backend` may be a driver instance, a driver name, "auto", or None to
-    follow the policy's `backend` setting."""
+    follow the policy's `backend` setting. `state_dir` defaults to $DOCKERGUARD_STATE_DIR, then
+    /var/lib/dockerguard. `timer_launcher(state_dir, token) -> pid` starts the rollback timer of
+    `apply(confirm=...)` (tests replace it; the default is a detached process)."""
 
-    def __init__(self, backend: Backend | str | None = None) -> None:
+    def __init__(self, backend: Backend | str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
+                 timer_launcher: TimerLauncher | None = None, docker: DockerClient | None = None) -> None:
         self._requested = backend
         self._resolved: tuple[Backend, Detection | None] | None = None
+        self.state = StateDir(state_dir)
+        self._launch_timer = timer_launcher or spawn_rollback_timer
+        self._docker = docker
+        self.resolutions: tuple[Resolution, ...] = ()  # what container selectors resolved to last time
+
+    def compile(self, policy: Policy) -> Ruleset:
+        """compile_policy, after looking up the host ports that container-selecting entries publish now."""
+        if policy.uses_containers:
+            client = self._docker or DockerClient(policy.docker_socket)
+            policy, self.resolutions = resolve_containers(policy, client.containers())
+        return compile_policy(policy)
 
     def backend(self, policy: Policy | None = None) -> tuple[Backend, Detection | None]:
         if self._resolved is None:
@@ -70,50 +165,284 @@ class Engine:
     def plan(self, policy: Policy) -> Plan:
         backend, detection = self.backend(policy)
         backend.ensure_available()
-        ruleset = compile_policy(policy)
+        ruleset = self.compile(policy)
         return Plan(backend.name, ruleset, backend.render(ruleset), backend.installed(),
                     backend.expected(ruleset), detection)
 
     def render(self, policy: Policy) -> Rendered:
         """What apply would send, without reading the kernel (works without root)."""
         backend, _ = self.backend(policy)
-        return backend.render(compile_policy(policy))
+        return backend.render(self.compile(policy))
 
-    def apply(self, policy: Policy) -> ApplyResult:
-        """Install `policy` atomically; on any failure put the previous ruleset back and raise."""
-        backend, _ = self.backend(policy)
+    def diff(self, policy: Policy) -> Diff:
+        """What `apply(policy)` would change, from the installed and the expected state; changes nothing."""
         plan = self.plan(policy)
-        if plan.in_sync:
-            return ApplyResult(backend.name, False, plan.ruleset.digest)  # the kernel is not touched
-        snapshot = backend.snapshot()
-        try:
-            backend.apply(plan.rendered)
-            installed = backend.installed()
-            if installed != plan.expected:
-                raise ApplyError("verification failed: the rules read back differ from the rules sent")
-        except DockerguardError as exc:
-            try:
-                backend.restore(snapshot)
-            except DockerguardError as restore_exc:
-                raise RollbackError(f"apply failed ({exc}) and restoring the previous ruleset failed "
-                                    f"too ({restore_exc})") from restore_exc
-            if isinstance(exc, ApplyError):
-                raise
-            raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
-        return ApplyResult(backend.name, True, plan.ruleset.digest)
+        return diff_states(plan.backend, plan.installed, plan.expected)
 
+    def apply(self, policy: Policy, *, confirm: float | None = None) -> ApplyResult:
+        """Install `policy` atomically; on any failure put the previous ruleset back and raise.
+
+        With `confirm` (seconds), a detached timer restores the previous ruleset at the deadline unless
+        `confirm()` is called first; the result's `pending` tells the token and deadline.
+        """
+        if confirm is not None and not confirm > 0:
+            raise UsageError(f"--confirm needs a positive number of seconds, got {confirm:g}")
+        record = _Recorder()
+        try:
+            return self._apply(policy, confirm, record)
+        except DockerguardError as exc:
+            exc.steps = tuple(record.steps)  # type: ignore[attr-defined]
+            raise
+
+    def _apply(self, policy: Policy, confirm: float | None, record: _Recorder) -> ApplyResult:
+        backend, detection = self.backend(policy)
+        record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
+        with self.state.locked():
+            pending = self._settle_pending(record)
+            plan = self.plan(policy)
+            digest = plan.ruleset.digest
+            record("plan", f"ruleset {digest} compiled and rendered; installed rules read back")
+            if plan.in_sync:
+                record("compare", "installed rules equal the policy: the kernel is not touched")
+                return ApplyResult(backend.name, False, digest, tuple(record.steps))
+            if pending is not None:
+                raise PendingConfirmationError(_pending_message(pending.pending))
+            changes = diff_states(backend.name, plan.installed, plan.expected).changes
+            record("compare", f"{len(changes)} changes to make")
+            snapshot = backend.snapshot()
+            record("snapshot", f"{len(json.dumps(snapshot.data))} bytes of the current ruleset")
+            entry = self.state.push(backend=backend.name, action="apply", policy_digest=digest,
+                                    policy_path=policy.path, snapshot=snapshot, previous=plan.installed)
+            record("history", f"saved as entry {entry.number} in {self.state.history_dir}")
+            armed = None
+            if confirm is not None:
+                armed = self._arm_timer(backend, digest, confirm, entry.number, snapshot, plan.installed, record)
+            try:
+                backend.apply(plan.rendered)
+                record("transaction", "sent in one atomic transaction")
+                if backend.installed() != plan.expected:
+                    raise ApplyError("verification failed: the rules read back differ from the rules sent")
+                record("verify", "rules read back equal the rules sent")
+            except DockerguardError as exc:
+                self._undo_failed_apply(backend, snapshot, exc, record)
+                # Nothing changed after all: the history entry and the timer have nothing to undo.
+                self.state.drop(entry.number)
+                if armed is not None:
+                    self.state.unlink_pending(armed.token)
+                if isinstance(exc, ApplyError):
+                    raise
+                raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
+            return ApplyResult(backend.name, True, digest, tuple(record.steps), entry.number, armed)
+
+    def _arm_timer(self, backend: Backend, digest: str, seconds: float, entry: int, snapshot: Snapshot,
+                   previous: InstalledState | None, record: _Recorder) -> Pending:
+        # The timer starts BEFORE the transaction: a CLI killed right after sending it is still covered.
+        now = time.time()
+        pending = Pending(secrets.token_hex(8), backend.name, now, now + seconds, entry, digest, boot_id())
+        self.state.create_pending(PendingRecord(pending, snapshot, previous))
+        try:
+            pid = self._launch_timer(self.state.path, pending.token)
+        except BaseException:
+            self.state.unlink_pending(pending.token)
+            self.state.drop(entry)
+            raise
+        record("timer", f"rollback timer (pid {pid}) armed: restores this snapshot in {seconds:g} s "
+                        "unless confirmed")
+        return pending
+
+    def _undo_failed_apply(self, backend: Backend, snapshot: Snapshot, exc: DockerguardError,
+                           record: _Recorder) -> None:
+        record("failed", str(exc))
+        try:
+            backend.restore(snapshot)
+        except DockerguardError as restore_exc:
+            raise RollbackError(f"apply failed ({exc}) and restoring the previous ruleset failed "
+                                f"too ({restore_exc})") from restore_exc
+        record("restore", "previous ruleset restored")
+
+    # -- confirmation and rollback -----------------------------------------------------------------
+    def confirm(self) -> Pending:
+        """Keep the ruleset of the pending `apply(confirm=...)`; its timer then exits without acting."""
+        found = self.state.pending()
+        if found is None:
+            if self.state.claimed():
+                raise ConfirmError("too late: the pending apply is being rolled back (or its rollback "
+                                   "failed: see `dockerguard status`)")
+            last = self.state.last_rollback()
+            if last is not None and last.get("ok"):
+                raise ConfirmError(f"nothing to confirm: the last apply --confirm was rolled back at "
+                                   f"{_clock(float(last.get('time', 0)))} ({last.get('reason')})")
+            raise ConfirmError("nothing to confirm: no apply --confirm is pending")
+        if not self.state.unlink_pending(found.pending.token):
+            raise ConfirmError("too late: the rollback timer took over at the deadline; "
+                               "the previous ruleset is being restored")
+        return found.pending
+
+    def expire_pending(self, token: str, reason: str = "deadline") -> RollbackResult | None:
+        """Roll back the pending apply `token` now, unless `confirm` got there first (then None)."""
+        record = _Recorder()
+        with self.state.locked():
+            claimed = self.state.claim_pending(token)
+            if claimed is None:
+                return None
+            record("claim", f"took over pending confirmation {token}")
+            return self._undo_claimed(claimed, reason, record)
+
+    def run_rollback_timer(self, token: str, poll: float = TIMER_POLL) -> RollbackResult | None:
+        """The body of the detached timer: wait for the deadline (or for the pending file to go away),
+        then roll back. Returns None when the apply was confirmed or cancelled."""
+        pid_path = self.state.timer_pid_path(token)
+        with contextlib.suppress(OSError):  # only informative
+            pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            found = self.state.read_pending(token)
+            if found is None:
+                return None
+            # Wall-clock deadline (it is shown to users), checked often, so a clock step delays at most a poll.
+            while self.state.is_pending(token):
+                remaining = found.pending.deadline - time.time()
+                if remaining <= 0:
+                    return self.expire_pending(token, "deadline")
+                time.sleep(min(poll, remaining))
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                pid_path.unlink()
+
+    def rollback(self) -> RollbackResult:
+        """Restore the ruleset from before the last recorded change (a pending `apply --confirm` first),
+        verify it by reading it back, and drop that history entry."""
+        record = _Recorder()
+        try:
+            with self.state.locked():
+                for interrupted in self.state.claimed():  # under the lock: no timer is working on it
+                    record("retry", f"finishing the interrupted rollback of {interrupted.pending.token}")
+                    return self._undo_claimed(interrupted, "rollback", record)
+                found = self.state.pending()
+                if found is not None:
+                    claimed = self.state.claim_pending(found.pending.token)
+                    if claimed is not None:
+                        record("claim", f"took over pending confirmation {found.pending.token}")
+                        return self._undo_claimed(claimed, "rollback", record)
+                numbers = self.state.history_numbers()
+                if not numbers:
+                    raise StateError(f"nothing to roll back: no change recorded in {self.state.history_dir}")
+                entry = self.state.entry(numbers[-1])
+                backend = self._backend_named(entry.backend)
+                self._restore_verified(backend, entry.snapshot, entry.previous, record)
+                self.state.drop(entry.number)
+                record("history", f"dropped entry {entry.number}")
+                return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "rollback",
+                                      tuple(record.steps))
+        except DockerguardError as exc:
+            exc.steps = tuple(record.steps)  # type: ignore[attr-defined]
+            raise
+
+    def _undo_claimed(self, claimed: PendingRecord, reason: str, record: _Recorder) -> RollbackResult:
+        """Restore a claimed pending apply's snapshot; on failure the claim stays for `rollback` to retry."""
+        pending = claimed.pending
+        outcome: dict[str, Any] = {"token": pending.token, "backend": pending.backend, "entry": pending.entry,
+                                   "policy_digest": pending.policy_digest, "reason": reason}
+        try:
+            backend = self._backend_named(pending.backend)
+            self._restore_verified(backend, claimed.snapshot, claimed.previous, record)
+        except DockerguardError as exc:
+            self.state.write_last_rollback({**outcome, "time": time.time(), "ok": False, "error": str(exc)})
+            raise
+        self.state.drop(pending.entry)
+        self.state.release_claim(pending.token)
+        self.state.write_last_rollback({**outcome, "time": time.time(), "ok": True})
+        record("history", f"dropped entry {pending.entry}")
+        return RollbackResult(backend.name, pending.entry, "apply", pending.created, reason, tuple(record.steps))
+
+    def _restore_verified(self, backend: Backend, snapshot: Snapshot, previous: InstalledState | None,
+                          record: _Recorder) -> None:
+        backend.ensure_available()
+        backend.restore(snapshot)
+        record("restore", "snapshot sent in one atomic transaction")
+        installed = backend.installed()
+        if installed != previous:
+            raise RollbackError("the restored ruleset read back differs from the one saved before the change; "
+                                "check `dockerguard status`")
+        record("verify", "restored rules read back equal the saved ones")
+
+    def _settle_pending(self, record: _Recorder) -> PendingRecord | None:
+        """Under the lock: drop a pending confirmation from an earlier boot (its ruleset is gone), roll back
+        an overdue one whose timer died; return one that is still running."""
+        found = self.state.pending()
+        if found is None:
+            return None
+        pending = found.pending
+        if pending.boot_id and pending.boot_id != boot_id():
+            if self.state.unlink_pending(pending.token):
+                record("pending", f"discarded confirmation {pending.token} from an earlier boot")
+            return None
+        if time.time() > pending.deadline + OVERDUE_GRACE:
+            claimed = self.state.claim_pending(pending.token)
+            if claimed is not None:
+                record("pending", f"confirmation {pending.token} is overdue and its timer is gone: rolling back")
+                self._undo_claimed(claimed, "overdue", record)
+            return None
+        return found
+
+    def _backend_named(self, name: str) -> Backend:
+        """The driver a recorded change was made with; an explicit different --backend is an error."""
+        requested = self._requested
+        if isinstance(requested, Backend):
+            if requested.name != name:
+                raise UsageError(f"the recorded change was made with backend {name!r}, not {requested.name!r}")
+            return requested
+        if requested not in (None, "auto") and requested != name:
+            raise UsageError(f"the recorded change was made with backend {name!r}, not {requested!r}")
+        if self._resolved is not None and self._resolved[0].name == name:
+            return self._resolved[0]
+        return get_backend(name)
+
+    # -- reading -----------------------------------------------------------------------------------
     def status(self, policy: Policy | None = None) -> Status:
         backend, detection = self.backend(policy)
         backend.ensure_available()
         installed = backend.installed()
-        in_sync = None if policy is None else installed == backend.expected(compile_policy(policy))
-        return Status(backend.name, installed, in_sync, detection)
+        diff = None
+        if policy is not None:
+            diff = diff_states(backend.name, installed, backend.expected(self.compile(policy)))
+        state: dict[str, Any] = {"state_dir": str(self.state.path)}
+        try:
+            found = self.state.pending()
+            state.update(
+                pending=None if found is None else found.pending,
+                interrupted=tuple(claimed.pending for claimed in self.state.claimed()),
+                history=tuple(HistorySummary(e.number, e.backend, e.timestamp, e.action, e.policy_digest)
+                              for e in self.state.history()),
+                last_rollback=self.state.last_rollback())
+        except StateError as exc:
+            state["state_error"] = str(exc)
+        return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
+                      backend.path_report(), diff, **state)
 
     def remove(self) -> bool:
-        """Delete everything dockerguard installed with this backend; False if nothing was there."""
+        """Delete everything dockerguard installed with this backend; False if nothing was there.
+        Recorded in the history like an apply, so `rollback` can put the rules back."""
         backend, _ = self.backend()
         backend.ensure_available()
-        if backend.installed() is None:
-            return False
-        backend.remove()
+        record = _Recorder()
+        with self.state.locked():
+            pending = self._settle_pending(record)
+            installed = backend.installed()
+            if installed is None:
+                return False
+            if pending is not None:
+                raise PendingConfirmationError(_pending_message(pending.pending))
+            self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
+                            snapshot=backend.snapshot(), previous=installed)
+            backend.remove()
         return True
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def _pending_message(pending: Pending) -> str:
+    return (f"an apply --confirm is pending until {_clock(pending.deadline)} (ruleset {pending.policy_digest}): "
+            "run `dockerguard confirm` to keep it or `dockerguard rollback` to undo it first")

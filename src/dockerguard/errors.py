@@ -54,3 +54,16 @@ class RollbackError(DockerguardError):
 
 class TransactionError(DockerguardError):
     """The firewall tool or the kernel refused a transaction; nothing of it took effect."""
+
+
+class StateError(DockerguardError):
+    """The state directory (history, pending confirmation) cannot be read or written, or holds nothing
+    to act on (e.g. `rollback` with an empty history)."""
+
+
+class PendingConfirmationError(DockerguardError):
+    """An `apply --confirm` still awaits `dockerguard confirm`; nothing else may change the ruleset first."""
+
+
+class ConfirmError(DockerguardError):
+    """`confirm` found nothing to confirm, or came too late: the previous ruleset was already restored."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TransactionError
 from ..model import Element, Family, HostRules, Ruleset, Verdict
-from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+from .base import Backend, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 
 TABLE_NAME = "dockerguard"
 TABLE = {"family": "inet", "name": TABLE_NAME}
@@ -171,6 +171,20 @@ class NftBackend(Backend):
         rc, _, error = _run_text(f"add table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}")
         if rc != 0:
             raise TransactionError(f"cannot delete table inet {TABLE_NAME}: {error.strip()}")
+
+    # -- export and path ---------------------------------------------------------------------------
+    def render_text(self, ruleset: Ruleset) -> str:
+        """The same transaction as `render`, written as an `nft -f` file (nftables.service hosts)."""
+        from .nft_text import json_to_text
+
+        return json_to_text(self.render(ruleset).payload)
+
+    def path_report(self) -> tuple[PathFinding, ...]:
+        """Which other base chains on our hooks run before ours (all tables, read-only)."""
+        rc, output, error = _run_json({"nftables": [{"list": {"chains": {}}}]}, json_output=True)
+        if rc != 0:
+            raise TransactionError(f"cannot list nftables chains: {error.strip()}")
+        return _path_findings([item["chain"] for item in json.loads(output)["nftables"] if "chain" in item])
 
 
 def _one_command_per_line(payload: dict[str, Any]) -> str:
@@ -352,6 +366,33 @@ def _ports(value: Any) -> tuple[int, int]:
 
 def _port(value: Any) -> int:
     return value if isinstance(value, int) else socket.getservbyname(str(value))
+
+
+def _path_findings(chains: list[dict[str, Any]]) -> tuple[PathFinding, ...]:
+    """Base chains of the ip/ip6/inet families on the same hook run in priority order; a lower priority
+    than ours runs first, and its drop is final before we judge (its accept is not: ours still runs).
+    Equal priorities run in an unspecified order. The bridge family's forward hook is another path."""
+    def ours(chain: dict[str, Any]) -> bool:
+        return chain.get("family") == "inet" and chain.get("table") == TABLE_NAME
+
+    findings: list[PathFinding] = []
+    for chain in (c for c in chains if ours(c) and "hook" in c):
+        hook, prio = chain["hook"], int(chain["prio"])
+        others = [c for c in chains if not ours(c) and c.get("hook") == hook
+                  and c.get("family") in ("ip", "ip6", "inet")]
+        before = sorted((c for c in others if int(c["prio"]) <= prio), key=lambda c: int(c["prio"]))
+        for other in before:
+            name = f"{other['family']} {other['table']} chain {other['name']}"
+            if int(other["prio"]) == prio:
+                findings.append(PathFinding("warning", f"{name} shares our {hook} priority {prio}: which of the "
+                                                       "two runs first is not defined"))
+            else:
+                findings.append(PathFinding("warning", f"{name} ({hook} hook, priority {other['prio']}) runs "
+                                                       f"before ours ({prio}): what it drops never reaches us"))
+        if not before:
+            findings.append(PathFinding("ok", f"chain {chain['name']} ({hook} hook, priority {prio}) runs first "
+                                              f"of {len(others) + 1} {hook}-hook base chains"))
+    return tuple(findings)
 
 
 def _probe_ruleset() -> Ruleset:
