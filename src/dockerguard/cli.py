@@ -122,10 +122,18 @@ def apply(
         help="Roll back automatically after SECONDS unless `dockerguard confirm` (or 'y' on a terminal) "
              "keeps the new rules; survives this process being killed."),
     state_dir: Optional[str] = StateDirOption,
+    force: bool = typer.Option(False, "--force", help="Apply [host] rules even if they cut your SSH session."),
+    no_guard: bool = typer.Option(
+        False, "--no-guard",
+        help="No automatic confirmation window when [host] rules change: for boot units and scripts "
+             "re-applying a known policy, where nobody could confirm."),
 ) -> None:
-    """Install the policy in one atomic transaction (rolled back if verification fails)."""
+    """Install the policy in one atomic transaction (rolled back if verification fails).
+
+    When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
+    (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
     engine = _engine(backend, state_dir=state_dir)
-    result = engine.apply(load_policy(config), confirm=confirm)
+    result = engine.apply(load_policy(config), confirm=confirm, force=force, guard=not no_guard)
     _show_steps(result.steps)
     if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")
@@ -135,8 +143,10 @@ def apply(
     if pending is None:
         return
     if not sys.stdin.isatty():
-        out.print(f"run `dockerguard confirm` before {_clock(pending.deadline)} (in {confirm:g} s), or the "
-                  "previous ruleset comes back automatically", soft_wrap=True)
+        why = "" if confirm is not None else "the [host] rules changed (lock-out guard): "
+        out.print(f"{why}run `dockerguard confirm` before {_clock(pending.deadline)} "
+                  f"(in {pending.deadline - time.time():.0f} s), or the previous ruleset comes back automatically",
+                  soft_wrap=True)
         return
     answer = _ask_keep(pending.deadline)
     if answer:

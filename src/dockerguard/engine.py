@@ -30,15 +30,19 @@ from .errors import (
     ApplyError,
     ConfirmError,
     DockerguardError,
+    LockoutError,
     PendingConfirmationError,
     RollbackError,
     StateError,
     UsageError,
 )
+from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .policy import Policy
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
+# How long a changed [host] section stays on probation when the user gave no --confirm.
+HOST_GUARD_SECONDS = 120.0
 # A pending confirmation this far past its deadline has lost its timer (killed, host suspended):
 # the next command that changes the ruleset performs the rollback itself.
 OVERDUE_GRACE = 5.0
@@ -179,22 +183,29 @@ class Engine:
         plan = self.plan(policy)
         return diff_states(plan.backend, plan.installed, plan.expected)
 
-    def apply(self, policy: Policy, *, confirm: float | None = None) -> ApplyResult:
+    def apply(self, policy: Policy, *, confirm: float | None = None, force: bool = False,
+              guard: bool = True) -> ApplyResult:
         """Install `policy` atomically; on any failure put the previous ruleset back and raise.
 
         With `confirm` (seconds), a detached timer restores the previous ruleset at the deadline unless
         `confirm()` is called first; the result's `pending` tells the token and deadline.
+
+        The lock-out guard, when the [host] rules change: refuse (LockoutError) if they would cut a
+        current SSH session unless `force`, and arm the confirmation timer (HOST_GUARD_SECONDS unless
+        `confirm` says otherwise). `guard=False` is for unattended re-applies of a known policy (boot,
+        `watch`), where nobody could confirm.
         """
         if confirm is not None and not confirm > 0:
             raise UsageError(f"--confirm needs a positive number of seconds, got {confirm:g}")
         record = _Recorder()
         try:
-            return self._apply(policy, confirm, record)
+            return self._apply(policy, confirm, record, force=force, guard=guard)
         except DockerguardError as exc:
             exc.steps = tuple(record.steps)  # type: ignore[attr-defined]
             raise
 
-    def _apply(self, policy: Policy, confirm: float | None, record: _Recorder) -> ApplyResult:
+    def _apply(self, policy: Policy, confirm: float | None, record: _Recorder, *, force: bool,
+               guard: bool) -> ApplyResult:
         backend, detection = self.backend(policy)
         record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
         with self.state.locked():
@@ -209,6 +220,11 @@ class Engine:
                 raise PendingConfirmationError(_pending_message(pending.pending))
             changes = diff_states(backend.name, plan.installed, plan.expected).changes
             record("compare", f"{len(changes)} changes to make")
+            if guard and backend.host_part(plan.installed) != backend.host_part(plan.expected):
+                self._check_lockout(plan.ruleset, force, record)
+                if confirm is None:
+                    confirm = HOST_GUARD_SECONDS
+                    record("guard", f"[host] rules change: rolled back in {confirm:g} s unless confirmed")
             snapshot = backend.snapshot()
             record("snapshot", f"{len(json.dumps(snapshot.data))} bytes of the current ruleset")
             entry = self.state.push(backend=backend.name, action="apply", policy_digest=digest,
@@ -233,6 +249,16 @@ class Engine:
                     raise
                 raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
             return ApplyResult(backend.name, True, digest, tuple(record.steps), entry.number, armed)
+
+    @staticmethod
+    def _check_lockout(ruleset: Ruleset, force: bool, record: _Recorder) -> None:
+        sessions = current_sessions()
+        cut = cut_sessions(ruleset, sessions)
+        if cut and not force:
+            raise LockoutError("the [host] rules would refuse your SSH session "
+                               f"{'; '.join(map(str, cut))}: allow it in [[host.allow]], or pass --force")
+        record("lock-out check", f"{len(sessions)} SSH sessions found, {len(cut)} cut"
+                                 + (" (--force)" if cut else ""))
 
     def _arm_timer(self, backend: Backend, digest: str, seconds: float, entry: int, snapshot: Snapshot,
                    previous: InstalledState | None, record: _Recorder) -> Pending:

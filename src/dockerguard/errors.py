@@ -67,3 +67,9 @@ class PendingConfirmationError(DockerguardError):
 
 class ConfirmError(DockerguardError):
     """`confirm` found nothing to confirm, or came too late: the previous ruleset was already restored."""
+
+
+class LockoutError(DockerguardError):
+    """The policy's [host] rules would cut the admin's own SSH session; nothing was sent."""
+
+    exit_code = 2

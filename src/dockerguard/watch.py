@@ -52,7 +52,8 @@ class Watcher:
         """Apply the policy if the kernel differs from it; True when it is in place afterwards."""
         self.stats.reconciles += 1
         try:
-            result = self.engine.apply(self.load_policy())
+            # guard=False: re-installing the policy being watched, nobody is there to confirm it.
+            result = self.engine.apply(self.load_policy(), guard=False)
         except DockerguardError as exc:
             self.stats.failures += 1
             log.error("%s: could not apply, the installed rules stay as they are: %s", reason, exc)

@@ -77,3 +77,30 @@ def test_remove() -> None:
     engine.apply(POLICY)
     assert engine.remove() is True
     assert fake.kernel is None
+
+
+HOST = parse_policy('[host]\n[[host.allow]]\nports = [22]\nsources = ["198.51.100.0/24"]\n')
+
+
+
+
+def test_host_change_cutting_a_session_is_refused_before_anything_is_sent(mocker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dockerguard.errors import LockoutError
+    from dockerguard.lockout import Session
+
+    mocker.patch("dockerguard.engine.current_sessions", return_value=[Session("203.0.113.9", 22, "ss", "eth0")])
+    fake = FakeBackend()
+    with pytest.raises(LockoutError, match=r"203\.0\.113\.9 -> port 22 via eth0"):
+        Engine(fake, state_dir=tmp_path).apply(HOST)
+    assert fake.transactions == 0
+
+
+def test_host_change_arms_the_guard_unless_disabled(mocker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mocker.patch("dockerguard.engine.current_sessions", return_value=[])
+    armed = mocker.patch("dockerguard.engine.Engine._arm_timer")
+    Engine(FakeBackend(), state_dir=tmp_path / "a").apply(HOST)
+    assert armed.call_args.args[2] == 120.0  # HOST_GUARD_SECONDS
+    armed.reset_mock()
+    Engine(FakeBackend(), state_dir=tmp_path / "b").apply(HOST, guard=False)
+    Engine(FakeBackend(), state_dir=tmp_path / "c").apply(POLICY)  # no [host]: no guard
+    assert not armed.called

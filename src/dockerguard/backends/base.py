@@ -7,6 +7,7 @@ remove its own objects. Drivers never print and never hold UI text beyond error 
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -112,6 +113,20 @@ class Backend(ABC):
     @abstractmethod
     def remove(self) -> None:
         """Delete everything this driver installed, atomically; no error if nothing is there."""
+
+    def is_host_chain(self, chain: str) -> bool:
+        """Does this chain (as named in InstalledState) hold [host] (INPUT-side) rules?"""
+        return False
+
+    def host_part(self, state: InstalledState | None) -> tuple[object, ...]:
+        """The [host] share of a state: the lock-out guard compares it before and after an apply."""
+        if state is None:
+            return ()
+        rules = tuple(rule for rule in state.rules if self.is_host_chain(rule.chain))
+        hooks = tuple(hook for hook in state.hooks
+                      if any(self.is_host_chain(word) for word in re.split(r"[\s:]+", hook)))
+        sets = tuple(item for item in state.sets if item[0].startswith("host_"))
+        return (rules, hooks, sets) if rules or hooks or sets else ()
 
     def path_report(self) -> tuple[PathFinding, ...]:
         """Is our hook first in the packet's path? Drivers that can check override this; the default

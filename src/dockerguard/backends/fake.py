@@ -40,8 +40,17 @@ class FakeBackend(Backend):
                                             f"{','.join(map(str, rule.ports))} -> accept")
                   for rule in ruleset.allows]
         rules.append(InstalledRule("external", f"default -> {ruleset.default.value}"))
+        if ruleset.host is not None:
+            rules += [InstalledRule("host", f"allow {rule.proto} ipv{rule.family.value} "
+                                            f"{','.join(map(str, rule.sources))} "
+                                            f"{','.join(map(str, rule.ports))} -> accept")
+                      for rule in ruleset.host.allows]
+            rules.append(InstalledRule("host", f"default -> {ruleset.host.default.value}"))
         hooks = (f"interfaces {','.join(ruleset.interfaces)}", f"log_dropped {ruleset.log_dropped}")
         return InstalledState(self.name, hooks, tuple(rules))
+
+    def is_host_chain(self, chain: str) -> bool:
+        return chain == "host"
 
     def apply(self, rendered: Rendered) -> None:
         if self.fail_next_apply:

@@ -78,6 +78,9 @@ class IptablesDriver(Backend):
         return {family: rules.layout_of(self.read_table(family)) for family in Family}
 
     # -- Backend ---------------------------------------------------------------------------------
+    def is_host_chain(self, chain: str) -> bool:
+        return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-INPUT"
+
     def render(self, ruleset: Ruleset) -> Rendered:
         assumed, note = self._assumed()
         target = {family: rules.target_layout(ruleset, family) for family in Family}

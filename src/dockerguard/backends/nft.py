@@ -172,6 +172,9 @@ class NftBackend(Backend):
         if rc != 0:
             raise TransactionError(f"cannot delete table inet {TABLE_NAME}: {error.strip()}")
 
+    def is_host_chain(self, chain: str) -> bool:
+        return chain in ("input", HOST_CHAIN)
+
     # -- export and path ---------------------------------------------------------------------------
     def render_text(self, ruleset: Ruleset) -> str:
         """The same transaction as `render`, written as an `nft -f` file (nftables.service hosts)."""
