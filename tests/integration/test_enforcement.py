@@ -1,7 +1,8 @@
 """The DOCKER-USER equivalent, proven with real packets on every backend and both address families.
 
-Each case is (dockerguard backend, flavour of the simulated Docker host's iptables). The native nft
-backend must work in front of either flavour; an iptables backend only in front of its own.
+Each case is (dockerguard backend, flavour of the simulated Docker host's firewall). The native nft
+backend must work in front of every flavour, Docker's own nftables mode included; an iptables backend
+only in front of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from topology import (
 CASES = [(backend, flavour) for backend, flavour in [
     ("nft", "iptables-nft"),
     ("nft", "iptables-legacy"),
+    ("nft", "docker-nftables"),  # Docker 29+ "firewall-backend": "nftables": no DOCKER-USER at all
     ("iptables-nft", "iptables-nft"),
     ("iptables-legacy", "iptables-legacy"),
 ] if backend in DRIVERS]

@@ -16,10 +16,12 @@ import pytest
 
 import topology as topo_mod
 from topology import (
+    ALL_FLAVOURS,
     BRIDGE_IF,
     CTR_TCP_PORTS,
     CTR_V4,
     CTR_V6,
+    DOCKER_NFTABLES,
     EGRESS_PORT,
     EXT_SOURCES_V4,
     EXT_SOURCES_V6,
@@ -38,6 +40,7 @@ from topology import (
     ProbeResult,
     Topology,
     TopologyError,
+    docker_nft_ruleset,
     docker_ruleset,
     in_netns,
     parse_save,
@@ -46,6 +49,10 @@ from topology import (
 EXT_TARGETS = ((HOST_EXT_V4, EXT_SOURCES_V4), (HOST_EXT_V6, EXT_SOURCES_V6))
 INT_TARGETS = (HOST_INT_V4, HOST_INT_V6)
 NEGATIVE_TIMEOUT = 0.5  # probes expected to time out: keep them short
+
+# The `flavour` fixture covers the iptables flavours (DOCKER-USER tests need them); tests that hold for
+# every simulated Docker firewall, Docker 29's nftables mode included, override it with this.
+every_flavour = pytest.mark.parametrize("flavour", ALL_FLAVOURS)
 
 
 def _describe(r: ProbeResult) -> str:
@@ -71,6 +78,7 @@ def _insert_docker_user(topology: Topology, *rule: str) -> None:
 # -- reachability with Docker's rules only -------------------------------------------------
 
 
+@every_flavour
 def test_published_ports_reachable_from_every_ext_source(topology: Topology) -> None:
     cases = [
         (m, Probe("ext", dst, m.host_port, m.proto, src=src))
@@ -90,6 +98,7 @@ def test_published_ports_reachable_from_every_ext_source(topology: Topology) -> 
         }, _describe(r)
 
 
+@every_flavour
 def test_unpublished_ports_are_not_reachable(topology: Topology) -> None:
     probes = [
         Probe("ext", dst, port, proto)
@@ -100,17 +109,20 @@ def test_unpublished_ports_are_not_reachable(topology: Topology) -> None:
     _assert_outcomes(topology.probe_results(probes), "refused")
 
 
+@every_flavour
 def test_internal_network_reaches_published_ports(topology: Topology) -> None:
     probes = [Probe("int", dst, m.host_port, m.proto) for dst in INT_TARGETS for m in PUBLISHED]
     _assert_outcomes(topology.probe_results(probes), "open")
 
 
+@every_flavour
 def test_container_egress_is_masqueraded(topology: Topology) -> None:
     v4, v6 = topology.probe_results([Probe("ctr", EXT_V4, EGRESS_PORT), Probe("ctr", EXT_V6, EGRESS_PORT)])
     assert (v4.outcome, v4.peer) == ("open", HOST_EXT_V4)
     assert (v6.outcome, v6.peer) == ("open", HOST_EXT_V6)
 
 
+@every_flavour
 def test_host_service_and_direct_container_access(topology: Topology) -> None:
     # The host's own service (INPUT path), and the host itself reaching the container directly.
     results = topology.probe_results(
@@ -131,6 +143,49 @@ def test_loaded_rules_round_trip_through_save(topology: Topology) -> None:
         assert "chain DOCKER-USER" in tables
     else:
         assert "DOCKER-USER" not in tables  # legacy rules are invisible to nft
+
+
+# -- Docker 29's nftables mode ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", [DOCKER_NFTABLES])
+def test_docker_nftables_tables_are_loaded_and_iptables_is_empty(topology: Topology) -> None:
+    objects = topology.nft_objects()
+    tables = {(o["table"]["family"], o["table"]["name"]) for o in objects if "table" in o}
+    assert tables == {("ip", "docker-bridges"), ("ip6", "docker-bridges")}
+    forward = [o["chain"] for o in objects if o.get("chain", {}).get("hook") == "forward"]
+    assert [(c["family"], c["name"], c["prio"], c["policy"]) for c in forward] == [
+        ("ip", "filter-FORWARD", 0, "accept"),
+        ("ip6", "filter-FORWARD", 0, "accept"),
+    ]
+    text = topology.nft_ruleset()
+    assert "DOCKER-USER" not in text
+    dnat = [o["rule"] for o in objects if o.get("rule", {}).get("chain") == "nat-prerouting-and-output"]
+    assert len(dnat) == 2 * len(PUBLISHED) == docker_nft_ruleset().count("dnat to")
+    with pytest.raises(ValueError, match="nftables"):
+        topology.iptables_save(4)
+    with pytest.raises(ValueError, match="nftables"):
+        topology.iptables(6, "-S")
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"):
+        assert "-A " not in topology.run("host", [tool]).stdout  # no iptables rule anywhere
+
+
+@pytest.mark.parametrize("flavour", [DOCKER_NFTABLES])
+def test_docker_nftables_drops_direct_access_to_the_container(topology: Topology) -> None:
+    # raw-PREROUTING "DROP DIRECT ACCESS" (gateway mode nat): only the published, DNATed path works.
+    probes = [Probe("ext", ctr, 80, timeout=NEGATIVE_TIMEOUT) for ctr in (CTR_V4, CTR_V6)]
+    probes += [Probe("int", ctr, 80, timeout=NEGATIVE_TIMEOUT) for ctr in (CTR_V4, CTR_V6)]
+    _assert_outcomes(topology.probe_results(probes), "timeout")
+    rules = [o["rule"] for o in topology.nft_objects() if o.get("rule", {}).get("comment") == "DROP DIRECT ACCESS"]
+    packets = {r["family"]: next(e["counter"]["packets"] for e in r["expr"] if "counter" in e) for r in rules}
+    assert packets.keys() == {"ip", "ip6"} and all(packets.values()), packets
+
+
+@pytest.mark.parametrize("flavour", [DOCKER_NFTABLES])
+def test_docker_nftables_host_reaches_published_ports_through_nat_output(topology: Topology) -> None:
+    results = topology.probe_results([Probe("host", dst, 8080) for dst in (HOST_EXT_V4, HOST_EXT_V6)])
+    _assert_outcomes(results, "open")
+    assert [r.info.get("port") for r in results] == ["80", "80"]  # DNATed to the container
 
 
 # -- the FORWARD -> DOCKER-USER path --------------------------------------------------------
@@ -284,6 +339,7 @@ def _assert_gone(topo: Topology, pids: dict[str, int]) -> None:
             os.kill(pid, 0)  # reaped by Popen.wait, so the PID no longer exists
 
 
+@every_flavour
 def test_namespaces_and_processes_gone_after_exit(flavour: str) -> None:
     with Topology(flavour=flavour) as topo:
         assert set(topo.namespaces.values()) <= _live_namespaces()
@@ -293,6 +349,7 @@ def test_namespaces_and_processes_gone_after_exit(flavour: str) -> None:
     topo.close()  # idempotent
 
 
+@every_flavour
 def test_namespaces_gone_after_exception_in_block(flavour: str) -> None:
     with pytest.raises(RuntimeError, match="boom"), Topology(flavour=flavour) as topo:
         pids = topo.server_pids
@@ -300,10 +357,12 @@ def test_namespaces_gone_after_exception_in_block(flavour: str) -> None:
     _assert_gone(topo, pids)
 
 
+@every_flavour
 @pytest.mark.parametrize("stage", ["rules", "readiness"])
 def test_failed_enter_cleans_up(flavour: str, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if stage == "rules":  # iptables-restore rejects the input: servers not started yet
+    if stage == "rules":  # iptables-restore / nft rejects the input: servers not started yet
         monkeypatch.setattr(topo_mod, "docker_ruleset", lambda family: "*filter\n-A NOPE -j NOPE\nCOMMIT\n")
+        monkeypatch.setattr(topo_mod, "docker_nft_ruleset", lambda: "add rule ip nope nope drop\n")
         error: type[Exception] = topo_mod.CommandError
     else:  # everything built, servers running, then the last step fails
 

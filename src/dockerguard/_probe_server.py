@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Tiny TCP-banner / UDP-echo server for the namespace test topology.
+"""Tiny TCP-banner / UDP-echo server for the namespace sandbox (``dockerguard.sandbox``).
 
-Launched by ``topology.Topology`` with ``ip netns exec NS python3 probe_server.py ...``.
-Stand-alone on purpose (stdlib only, Python >= 3.9): it runs in a separate process
-inside a network namespace.
+Launched by ``sandbox.Topology`` with ``ip netns exec NS python3 .../_probe_server.py ...``.
+Stand-alone on purpose (stdlib only, Python >= 3.9, imports nothing from dockerguard): it
+runs in a separate process inside a network namespace, started by path.
 
 * TCP: on accept, send one line ``DG name=<name> proto=tcp port=<port> peer=<addr>\\n``
   and close. The peer address lets tests check whether a connection was SNATed.
