@@ -6,9 +6,12 @@ follow the event stream. Unversioned paths work with every Engine API version.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import queue
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,23 +94,46 @@ class DockerClient:
 
     def events(self, idle_timeout: float) -> Iterator[dict[str, Any] | None]:
         """Container and network events as they happen; yields None after `idle_timeout` seconds without
-        one (so a caller can do periodic work). Ends with DockerUnavailable when the daemon goes away."""
+        one (so a caller can do periodic work). Ends with DockerUnavailable when the daemon goes away.
+
+        A reader thread blocks on the stream: a socket timeout would leave Python's socket file unusable
+        for the next read, so the waiting with a timeout happens on a queue instead."""
         filters = quote(json.dumps({"type": ["container", "network"]}))
-        connection, response = self._get(f"/events?filters={filters}", timeout=idle_timeout)
+        connection, response = self._get(f"/events?filters={filters}")
+        stream = connection.sock
+        assert stream is not None
+        stream.settimeout(None)  # the stream is idle for as long as nothing happens
+        lines: queue.Queue[bytes | Exception] = queue.Queue()
+
+        def read() -> None:
+            try:
+                while True:
+                    line = response.readline()
+                    lines.put(line)
+                    if not line:
+                        return
+            except Exception as exc:  # closed by the generator, or the daemon went away
+                lines.put(exc)
+
+        threading.Thread(target=read, name="docker-events", daemon=True).start()
         try:
             while True:
                 try:
-                    line = response.readline()
-                except socket.timeout:
+                    item = lines.get(timeout=idle_timeout)
+                except queue.Empty:
                     yield None
                     continue
-                except OSError as exc:
-                    raise DockerUnavailable(f"Docker event stream broke: {exc}") from exc
-                if not line:
+                if isinstance(item, Exception):
+                    raise DockerUnavailable(f"Docker event stream broke: {item}")
+                if not item:
                     raise DockerUnavailable("Docker closed the event stream (daemon stopped or restarting)")
-                if line.strip():
-                    yield json.loads(line)
+                if item.strip():
+                    yield json.loads(item)
         finally:
+            # Wake the reader first: closing the response while it blocks in readline would wait
+            # for its buffer lock forever.
+            with contextlib.suppress(OSError):
+                stream.shutdown(socket.SHUT_RDWR)
             connection.close()
 
 

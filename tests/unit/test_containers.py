@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -88,6 +89,7 @@ CONTAINERS_JSON = [
      "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
                {"PrivatePort": 443, "Type": "tcp"}]},
 ]
+HOLD, RELEASE = threading.Event(), threading.Event()
 EVENTS = [{"Type": "container", "Action": "start", "Actor": {"ID": "a1", "Attributes": {"name": "web"}}}]
 
 
@@ -111,6 +113,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            if HOLD.is_set():  # a quiet daemon: the stream stays open with nothing to say
+                self.wfile.flush()
+                RELEASE.wait(5)
+                return
             for event in EVENTS:
                 line = json.dumps(event).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
@@ -153,3 +159,16 @@ def test_client_streams_events_and_reports_the_end(api_socket: str) -> None:
 def test_client_without_daemon(tmp_path: Path) -> None:
     with pytest.raises(DockerUnavailable, match="cannot reach Docker"):
         DockerClient(str(tmp_path / "absent.sock")).containers()
+
+
+def test_quiet_stream_ticks_and_closes_at_once(api_socket: str) -> None:
+    HOLD.set()
+    try:
+        stream = DockerClient(api_socket).events(idle_timeout=0.1)
+        assert next(stream) is None and next(stream) is None  # idle ticks for periodic drift checks
+        started = time.monotonic()
+        stream.close()  # must not wait for the blocked reader (it once deadlocked here)
+        assert time.monotonic() - started < 1
+    finally:
+        HOLD.clear()
+        RELEASE.set()
