@@ -51,10 +51,12 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from dockerguard.sandbox import in_netns  # accepts a /run/netns path
 
 FLAVOURS: tuple[str, ...] = ("iptables-legacy", "iptables-nft")
 
@@ -76,7 +78,6 @@ _CONTAINERD_SOCK = f"{_PRIVATE}/ctd/containerd.sock"
 _DOCKER_PIDFILE = f"{_PRIVATE}/docker.pid"
 
 _NETNS_DIR = "/run/netns"
-_CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _IPTABLES_TOOLS = ("iptables", "ip6tables")
 _IPTABLES_SUFFIXES = ("", "-save", "-restore")
@@ -283,35 +284,6 @@ def _libc_call(name: str, *args: int) -> None:
     if getattr(_libc, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
-
-
-def _setns(fd: int) -> None:
-    setns = getattr(os, "setns", None)  # Python >= 3.12
-    if setns is not None:
-        setns(fd, _CLONE_NEWNET)
-    else:
-        _libc_call("setns", fd, _CLONE_NEWNET)
-
-
-@contextlib.contextmanager
-def in_netns(path: str) -> Iterator[None]:
-    """Run the block with the *calling thread* in the network namespace at ``path``.
-
-    Sockets keep the namespace they were created in, so create them inside and use them anywhere.
-    """
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(original)  # must not fail silently: the thread would be stranded
-    finally:
-        os.close(original)
 
 
 def _die_with_parent() -> None:
