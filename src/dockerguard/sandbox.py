@@ -796,7 +796,11 @@ class Topology:
             )
 
         if self.flavour == DOCKER_NFTABLES:
-            self.run("host", ["nft", "-f", "-"], input=docker_nft_ruleset())  # both tables, one transaction
+            # Both tables, one transaction; from a file: nft 0.9.8 cannot read /dev/stdin under `ip netns exec`.
+            assert self._tmpdir is not None
+            ruleset = self._tmpdir / "docker-bridges.nft"
+            ruleset.write_text(docker_nft_ruleset())
+            self.run("host", ["nft", "-f", str(ruleset)])
         elif self.flavour is not None:
             for fam in (4, 6):
                 # -w: the legacy xtables lock (/run/xtables.lock) is shared by every namespace,

@@ -44,8 +44,9 @@ def test_iptables_restore_export_is_a_complete_boot_file(fresh_netns: str, backe
     assert "in sync" in status.stdout
 
 
-def test_nft_export_is_what_apply_installs(fresh_netns: str) -> None:
-    text = dockerguard(fresh_netns, "export", "-f", "nft", "-c", str(CLASSIC)).stdout
-    subprocess.run(["ip", "netns", "exec", fresh_netns, "nft", "-f", "-"], input=text, text=True, check=True)
+def test_nft_export_is_what_apply_installs(fresh_netns: str, tmp_path: Path) -> None:
+    exported = tmp_path / "dockerguard.nft"  # a file, as nftables.service loads it
+    exported.write_text(dockerguard(fresh_netns, "export", "-f", "nft", "-c", str(CLASSIC)).stdout)
+    subprocess.run(["ip", "netns", "exec", fresh_netns, "nft", "-f", str(exported)], check=True)
     status = dockerguard(fresh_netns, "status", "--backend", "nft", "-c", str(CLASSIC), check=False)
     assert status.returncode == 0, status.stdout + status.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -197,7 +198,10 @@ def test_export_systemd_unit(tmp_path: Path) -> None:
                  "WantedBy=multi-user.target"):
         assert f"\n{line}\n" in unit
     (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-    assert start.startswith(f"ExecStart={sys.executable} -m dockerguard apply -c ")  # run as `python -m`
+    # `python -m dockerguard` names no script: the unit runs the dockerguard on PATH, else `python -m`
+    on_path = shutil.which("dockerguard")
+    command = os.path.abspath(on_path) if on_path else f"{sys.executable} -m dockerguard"
+    assert start.startswith(f"ExecStart={command} apply -c ")
     assert '"' + str(policy).replace("%", "%%") + '"' in start and start.endswith("--backend nft")
     assert "ExecStop=" in unit and " remove --backend nft" in unit
 

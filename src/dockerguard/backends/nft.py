@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,11 +59,14 @@ class NftBackend(Backend):
         if rc != 0:
             return ProbeResult(cls.name, False, f"nft {version} rejects the ruleset form: {error.strip()}",
                                details)
-        return ProbeResult(cls.name, True, f"libnftables {version}", details)
+        note = (" (lists IPv6 prefixes inside concatenations as /64: read-back compares those elements' "
+                "addresses, not their prefix lengths)" if _version_tuple(version) < (1, 0) else "")
+        return ProbeResult(cls.name, True, f"libnftables {version}{note}", details)
 
     # -- rendering -------------------------------------------------------------------------------
     def __init__(self) -> None:
         self._rendered: tuple[Ruleset, Rendered] | None = None  # plan needs render + expected of one ruleset
+        self._nft_version: str | None = None
 
     def render(self, ruleset: Ruleset) -> Rendered:
         if self._rendered is None or self._rendered[0] is not ruleset:
@@ -146,11 +150,22 @@ class NftBackend(Backend):
                 return None
             raise TransactionError(f"cannot list table inet {TABLE_NAME}: {error.strip()}")
         objects = [item for item in json.loads(output)["nftables"] if "metainfo" not in item]
-        return _state(objects)
+        return _state(objects, self._ipv6_prefixes_unreadable(_metainfo_version(output)))
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
         commands = self.render(ruleset).payload["nftables"]
-        return _state([command["add"] for command in commands[4:]])
+        return _state([command["add"] for command in commands[4:]], self._ipv6_prefixes_unreadable())
+
+    def _ipv6_prefixes_unreadable(self, version: str | None = None) -> bool:
+        """nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though
+        the kernel holds the right one (a newer nft lists it correctly). With such an nft, read-back can
+        only compare those elements' addresses, not their prefix lengths."""
+        if self._nft_version is None:
+            if version is None:
+                _, output, _ = _run_json({"nftables": [{"list": {"tables": {}}}]}, json_output=True)
+                version = _metainfo_version(output)
+            self._nft_version = version
+        return _version_tuple(self._nft_version) < (1, 0)
 
     def snapshot(self) -> Snapshot:
         rc, output, error = _run_text(f"list table inet {TABLE_NAME}")
@@ -234,6 +249,11 @@ def _run_text(command: str) -> tuple[int, str, str]:
     return rc, output or "", error or ""
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", version)
+    return tuple(int(n) for n in numbers[:3]) if numbers else (99,)  # unknown: assume a current nft
+
+
 def _metainfo_version(output: str) -> str:
     try:
         for item in json.loads(output)["nftables"]:
@@ -302,7 +322,7 @@ def _element(element: Element) -> dict[str, Any]:
 
 
 # -- read-back normalisation: the same code reads what we render and what the kernel lists --------
-def _state(objects: list[dict[str, Any]]) -> InstalledState:
+def _state(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
     hooks: list[str] = []
     rules: list[InstalledRule] = []
     sets: list[tuple[str, tuple[str, ...]]] = []
@@ -314,7 +334,8 @@ def _state(objects: list[dict[str, Any]]) -> InstalledState:
                              f"priority {chain.get('prio')} policy {chain.get('policy')}")
         elif "set" in item:
             nft_set = item["set"]
-            elements = sorted({text for elem in nft_set.get("elem", []) for text in _element_texts(elem)})
+            elements = sorted({text for elem in nft_set.get("elem", [])
+                               for text in _element_texts(elem, loose_ipv6_prefixes)})
             sets.append((nft_set["name"], tuple(elements)))
         elif "rule" in item:
             rule = item["rule"]
@@ -339,13 +360,17 @@ def _counter(statements: list[dict[str, Any]]) -> tuple[int, int]:
     return 0, 0
 
 
-def _element_texts(elem: Any) -> list[str]:
+def _element_texts(elem: Any, loose_ipv6_prefixes: bool = False) -> list[str]:
     """"203.0.113.0/24 . 80-80" strings for one set element, however nft chose to print it."""
     if isinstance(elem, dict) and "elem" in elem:  # element with its own comment/counter
         elem = elem["elem"]["val"]
     parts = elem["concat"]
     first, last = _ports(parts[1])
-    return [f"{net} . {first}-{last}" for net in _networks(parts[0])]
+    networks = _networks(parts[0])
+    if loose_ipv6_prefixes:
+        networks = [re.sub(r"/\d+$", "/?", net) if ":" in net and not net.endswith("/128") else net
+                    for net in networks]
+    return [f"{net} . {first}-{last}" for net in networks]
 
 
 def _networks(value: Any) -> list[str]:
