@@ -52,6 +52,7 @@ def host(topology: tuple[Topology, str], tmp_path: Path) -> Iterator[Host]:
 
 
 
+@pytest.mark.distro
 @pytest.mark.parametrize("family", [4, 6])
 def test_allowed_ports_open_others_closed(host: Host, family: int) -> None:
     host.apply(POLICY.format(default="drop"))
@@ -107,6 +108,7 @@ def test_remove_restores_reachability(host: Host) -> None:
     assert "nothing installed" in host.cli("remove", "--backend", host.backend).stdout
 
 
+@pytest.mark.distro
 def test_second_apply_is_a_no_op(host: Host) -> None:
     text = POLICY.format(default="drop")
     assert "applied ruleset" in host.apply(text).stdout

@@ -13,6 +13,8 @@ import pytest
 
 from dockerguard.backends import DRIVERS
 
+pytestmark = pytest.mark.distro  # runs in the VM matrix on every distro kernel
+
 CLASSIC = Path(__file__).resolve().parents[2] / "examples" / "classic.toml"
 
 

@@ -22,6 +22,8 @@ from dockerguard.model import Family
 
 from topology import in_netns
 
+pytestmark = pytest.mark.distro  # runs in the VM matrix on every distro kernel
+
 DRIVERS = ("iptables-legacy", "iptables-nft")
 FLAVOUR = {"iptables-legacy": "legacy", "iptables-nft": "nft"}
 CLASSIC = parse_policy("""\
