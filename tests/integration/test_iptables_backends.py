@@ -334,3 +334,21 @@ def test_detection_finds_the_flavour_holding_dockers_rules(netns: str, legacy: b
         assert detection.backend == expected
         # 2 Docker chains + 2 jumps to them + 4 rules in them (DOCKER-USER's RETURN included)
         assert dict(detection.evidence)[f"{expected} Docker lines"] == "IPv4 8, IPv6 8"
+
+
+def test_legacy_falls_back_to_restore_when_python_iptables_cannot_build_our_rules(
+        netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian forky's iptables 1.8.13 conntrack extension rejects --ctorigdstport through python-iptables
+    (seen in the VM matrix): the driver then commits the same text with iptables-legacy-restore."""
+    from dockerguard.backends.iptables_legacy import IptablesLegacyBackend
+
+    monkeypatch.setattr(IptablesLegacyBackend, "_refusal", "conntrack: no such parameter ctorigdstport")
+    probe = IptablesLegacyBackend.probe()
+    assert probe.available and "through iptables-legacy-restore" in probe.reason
+    load_docker("legacy")
+    engine = Engine(driver("iptables-legacy"))
+    assert engine.apply(CLASSIC).changed
+    installed = saves("legacy")
+    assert chain(installed[4], "DOCKER-USER")[0] == f"-A DOCKER-USER {OUR_JUMP}"
+    assert not engine.apply(CLASSIC).changed
+    assert saves("legacy") == installed

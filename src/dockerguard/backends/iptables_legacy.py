@@ -31,7 +31,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import TransactionError
 from ..model import Family
@@ -55,6 +55,7 @@ def _iptc() -> Any:
 class IptablesLegacyBackend(IptablesDriver):
     name = "iptables-legacy"
     flavour = "legacy"
+    _refusal: ClassVar[str | None] = None  # see _python_iptables_refusal
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -68,12 +69,42 @@ class IptablesLegacyBackend(IptablesDriver):
                                                 "install python-iptables and the iptables libraries")
         library = f"python-iptables {getattr(getattr(iptc, 'version', None), '__version__', '?')}"
         version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
-        return ProbeResult(cls.name, True, f"{library}, {version}", (("library", library), ("version", version)))
+        details = (("library", library), ("version", version))
+        refusal = cls._python_iptables_refusal()
+        if refusal is None:
+            return ProbeResult(cls.name, True, f"{library}, {version}", details)
+        if probe_binaries(cls, ("-restore",)) is not None:
+            return ProbeResult(cls.name, False, f"{library} cannot build our rules with {version} ({refusal}) "
+                                                "and iptables-legacy-restore is missing", details)
+        return ProbeResult(cls.name, True, f"{version} through iptables-legacy-restore: {library} cannot build "
+                                           f"our rules with it ({refusal})", (*details, ("commit", "restore")))
+
+    @classmethod
+    def _python_iptables_refusal(cls) -> str | None:
+        """Why python-iptables cannot express the rule forms we send, or None. Its option parsing goes
+        through the installed libxtables, whose extensions change between iptables releases (1.8.13's
+        conntrack match rejects --ctorigdstport through python-iptables). Cached per process."""
+        if cls._refusal is None:
+            iptc = _iptc()
+            cls._refusal = ""
+            for family, spec in _CAPABILITY_RULES:
+                try:
+                    _rule(iptc, None, family, spec)
+                except Exception as exc:  # XTablesError, ValueError, ...
+                    cls._refusal = f"{rules.family_label(family)} {spec!r}: {_message(exc)}"
+                    break
+        return cls._refusal or None
 
     def _lock(self) -> contextlib.AbstractContextManager[object]:
+        if self._python_iptables_refusal() is not None:
+            return contextlib.nullcontext()  # iptables-legacy-restore -w takes the lock itself
         return xtables_lock()
 
     def _send(self, family: Family, text: str) -> None:
+        if self._python_iptables_refusal() is not None:
+            # The same restore text, as one iptables-legacy-restore transaction per family.
+            self._restore(family, text)
+            return
         label = rules.family_label(family)
         try:
             iptc = _iptc()
@@ -95,6 +126,18 @@ class IptablesLegacyBackend(IptablesDriver):
                                        f"{_message(exc)}") from exc
         finally:
             table.close()
+
+
+# One of each rule form iptables_rules emits, parsed (never committed) to find out whether python-iptables
+# and this libxtables agree on them.
+_CAPABILITY_RULES = (
+    (Family.IPV4, "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment probe -j RETURN"),
+    (Family.IPV4, "-s 192.0.2.0/24 -p tcp -m conntrack --ctorigdstport 8000:8100 -j RETURN"),
+    (Family.IPV6, "-p udp -m conntrack --ctorigdstport 53 -j RETURN"),
+    (Family.IPV4, "-p tcp -m tcp --dport 22 -j RETURN"),
+    (Family.IPV4, "-m limit --limit 5/min --limit-burst 10 -j LOG --log-prefix probe"),
+    (Family.IPV6, "-p tcp -j REJECT --reject-with tcp-reset"),
+)
 
 
 def _private_table(iptc: Any, family: Family) -> Any:

@@ -50,6 +50,28 @@ class IptablesDriver(Backend):
         """`binary(Family.IPV6, "-save")` -> "ip6tables-nft-save"."""
         return f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{cls.flavour}{suffix}"
 
+    _wait_supported: ClassVar[bool | None] = None
+
+    @classmethod
+    def _wait_args(cls) -> tuple[str, ...]:
+        """`-w 5` if this flavour's restore accepts it (an empty test transaction tells)."""
+        if cls._wait_supported is None:
+            proc = run_tool([cls.binary(Family.IPV4, "-restore"), *_WAIT, "--test", "--noflush"],
+                            input="*filter\nCOMMIT\n")
+            cls._wait_supported = proc.returncode == 0
+        return _WAIT if cls._wait_supported else ()
+
+    def _restore(self, family: Family, text: str) -> None:
+        """One `<flavour>-restore --noflush` call: one atomic transaction for the family."""
+        argv = [self.binary(family, "-restore"), *self._wait_args(), "--noflush"]
+        try:
+            proc = run_tool(argv, input=text)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            raise TransactionError(f"{argv[0]} refused the {rules.family_label(family)} transaction: "
+                                   f"{_why(proc)}")
+
     # -- hooks for the flavours ------------------------------------------------------------------
     def _send(self, family: Family, text: str) -> None:
         """Send one family's restore text as ONE atomic transaction, or raise TransactionError."""
@@ -255,7 +277,6 @@ def _probe_kernel(cls: type[IptablesDriver]) -> ProbeResult | None:
 class IptablesNftBackend(IptablesDriver):
     name = "iptables-nft"
     flavour = "nft"
-    _wait_supported: ClassVar[bool | None] = None
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -269,21 +290,5 @@ class IptablesNftBackend(IptablesDriver):
         details = (("version", version), ("wait flag", "yes" if cls._wait_args() else "no"))
         return ProbeResult(cls.name, True, version, details)
 
-    @classmethod
-    def _wait_args(cls) -> tuple[str, ...]:
-        """`-w 5` if this iptables-nft-restore accepts it (an empty test transaction tells)."""
-        if cls._wait_supported is None:
-            proc = run_tool([cls.binary(Family.IPV4, "-restore"), *_WAIT, "--test", "--noflush"],
-                            input="*filter\nCOMMIT\n")
-            cls._wait_supported = proc.returncode == 0
-        return _WAIT if cls._wait_supported else ()
-
     def _send(self, family: Family, text: str) -> None:
-        argv = [self.binary(family, "-restore"), *self._wait_args(), "--noflush"]
-        try:
-            proc = run_tool(argv, input=text)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
-        if proc.returncode != 0:
-            raise TransactionError(f"{argv[0]} refused the {rules.family_label(family)} transaction: "
-                                   f"{_why(proc)}")
+        self._restore(family, text)
