@@ -16,8 +16,6 @@ half-written file. Snapshots describe the firewall, so the directory is created 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import subprocess
@@ -30,6 +28,7 @@ from typing import Any
 
 from .backends import InstalledRule, InstalledState, Snapshot
 from .errors import StateError
+from .locking import flock_exclusive
 
 DEFAULT_STATE_DIR = "/var/lib/dockerguard"
 ENV_STATE_DIR = "DOCKERGUARD_STATE_DIR"
@@ -106,16 +105,12 @@ class StateDir:
         except OSError as exc:
             raise StateError(f"cannot open {self.path / 'lock'}: {exc.strerror}") from None
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise StateError(f"{self.path} is locked by another dockerguard process "
-                                         f"(waited {timeout:.0f} s)") from None
-                    time.sleep(0.05)
+            try:
+                locked = flock_exclusive(fd, timeout)
+            except OSError:
+                locked = False
+            if not locked:
+                raise StateError(f"{self.path} is locked by another dockerguard process (waited {timeout:.0f} s)")
             yield
         finally:
             os.close(fd)  # also releases the lock

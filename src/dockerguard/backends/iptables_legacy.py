@@ -26,14 +26,13 @@ python-iptables gotchas handled here:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
-import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from ..errors import TransactionError
+from ..locking import flock_exclusive
 from ..model import Family
 from . import iptables_rules as rules
 from .base import ProbeResult
@@ -259,15 +258,8 @@ def xtables_lock(wait: float = LOCK_WAIT) -> Iterator[None]:
     except OSError as exc:
         raise TransactionError(f"cannot open the xtables lock {path}: {exc}") from exc
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TransactionError(f"another iptables process held {path} for {wait:g} s") from None
-                time.sleep(0.05)
+        if not flock_exclusive(fd, wait):
+            raise TransactionError(f"another iptables process held {path} for {wait:g} s")
         yield
     finally:
         os.close(fd)  # also releases the lock
