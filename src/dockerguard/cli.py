@@ -23,11 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .backends import probe_all
+from .backends import BACKEND_CHOICES, check_backend_name, probe_all
 from .detect import detect
 from .engine import Engine, Status, Step
 from .errors import DockerguardError, UsageError
-from .policy import BACKEND_NAMES, load_policy
+from .policy import load_policy
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
@@ -43,7 +43,7 @@ err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 PolicyOption = typer.Option(DEFAULT_POLICY, "--config", "-c", help="Policy file (TOML).")
 BackendOption = typer.Option(
-    None, "--backend", "-b", help=f"Override the policy's backend: {', '.join(BACKEND_NAMES)}."
+    None, "--backend", "-b", help=f"Override the policy's backend: {', '.join(BACKEND_CHOICES)}."
 )
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 StateDirOption = typer.Option(
@@ -55,9 +55,7 @@ _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
 
 
 def _engine(backend: Optional[str], **options: Any) -> Engine:
-    if backend is not None and backend not in BACKEND_NAMES:
-        raise UsageError(f"unknown backend {backend!r} (expected one of: {', '.join(BACKEND_NAMES)})")
-    return Engine(backend, **options)
+    return Engine(None if backend is None else check_backend_name(backend), **options)
 
 
 def _print_json(data: Any) -> None:
@@ -375,7 +373,7 @@ _DEMO_GOT = {"open": "through", "timeout": "blocked (no answer)", "refused": "bl
 @app.command()
 def demo(
     backend: str = typer.Option(
-        "nft", "--backend", "-b", help=f"Backend to try: {', '.join(BACKEND_NAMES)} (auto: detected in the sandbox)."
+        "nft", "--backend", "-b", help=f"Backend to try: {', '.join(BACKEND_CHOICES)} (auto: detected in the sandbox)."
     ),
     docker_firewall: Optional[str] = typer.Option(
         None, "--docker-firewall",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from .model import AllowRule, Family, HostRules, Ruleset, Verdict
-from .policy import Allow, Network, Policy, PortRange, SetRef
+from .net import Network, PortRange
+from .policy import Allow, Policy, SetRef
 
 
 def compile_policy(policy: Policy) -> Ruleset:

@@ -30,10 +30,11 @@ from pathlib import Path
 from types import FrameType
 
 from . import sandbox
+from .backends import check_backend_name
 from .compiler import compile_policy
 from .errors import DockerguardError, UsageError
 from .model import Family, Ruleset
-from .policy import BACKEND_NAMES, parse_policy
+from .policy import parse_policy
 from .sandbox import HOST_EXT_V4, HOST_EXT_V6, PUBLISHED, Probe, ProbeResult, Topology
 
 DEFAULT_BACKEND = "nft"
@@ -179,8 +180,7 @@ def demo_checks(ruleset: Ruleset | None = None) -> tuple[Check, ...]:
 def sandbox_flavour(backend: str, docker_firewall: str | None,
                     which: Callable[[str], str | None] = shutil.which) -> str:
     """The sandbox flavour for a backend and --docker-firewall; UsageError for a pair that cannot work."""
-    if backend not in BACKEND_NAMES:
-        raise UsageError(f"unknown backend {backend!r} (expected one of: {', '.join(BACKEND_NAMES)})")
+    check_backend_name(backend)
     if docker_firewall is None:
         if backend in _ONLY_FLAVOUR:
             return _ONLY_FLAVOUR[backend]

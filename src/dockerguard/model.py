@@ -1,6 +1,11 @@
 """The backend-neutral rule model the compiler produces and every backend renders.
 
 Nothing here knows any backend's syntax: it only says which new connections from outside may pass.
+
+A Ruleset is a list of `Chain`s, each an ordered list of typed pieces. The order of the pieces is
+decided here, once; every renderer walks `Ruleset.chains` and turns each piece kind into its own syntax
+with a function of the same name (`established`, `neighbour_discovery`, `icmp_echo`, `allows`,
+`log_drops`, `default`), so a new rule kind is one grep away in every driver.
 """
 
 from __future__ import annotations
@@ -9,8 +14,9 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from typing import Union
 
-from .policy import Network, PortRange
+from .net import Network, PortRange
 
 
 class Family(Enum):
@@ -21,6 +27,20 @@ class Family(Enum):
 class Verdict(Enum):
     DROP = "drop"
     REJECT = "reject"
+
+
+class Role(Enum):
+    """What a chain judges. Drivers map each role to their own chain names (backends.common)."""
+
+    FORWARD = "forward"  # forwarded traffic entering an external interface: the DOCKER-USER equivalent
+    HOST = "host"  # traffic entering an external interface addressed to the host itself ([host])
+
+
+class PortMatch(Enum):
+    """Which destination port an allow compares."""
+
+    PUBLISHED = "published"  # the port before Docker's DNAT (conntrack's original destination port)
+    DESTINATION = "destination"  # the packet's own destination port (INPUT: no DNAT happened)
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,60 @@ class Element:
     ports: PortRange
 
 
+# -- the pieces of a chain, in the order they are judged ---------------------------------------------
+@dataclass(frozen=True)
+class Established:
+    """Established and related traffic passes."""
+
+
+@dataclass(frozen=True)
+class NeighbourDiscovery:
+    """IPv6 neighbour discovery passes (without it IPv6 stops working altogether)."""
+
+
+@dataclass(frozen=True)
+class IcmpEcho:
+    """ICMP and ICMPv6 echo requests pass."""
+
+
+@dataclass(frozen=True)
+class Allows:
+    """New connections matching one of `rules` pass; `port` says which destination port is compared."""
+
+    rules: tuple[AllowRule, ...]
+    port: PortMatch
+
+    def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
+        return tuple(rule for rule in self.rules if rule.family is family and rule.proto == proto)
+
+    def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
+        """Disjoint (network, port range) pairs covering exactly what this piece allows."""
+        return disjoint_elements(self.rules_for(family, proto))
+
+
+@dataclass(frozen=True)
+class LogDrops:
+    """What the default is about to refuse is logged (rate-limited)."""
+
+
+@dataclass(frozen=True)
+class Default:
+    """Everything else gets `verdict`."""
+
+    verdict: Verdict
+
+
+Piece = Union[Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One judging chain: packets of `role` entering an external interface go through `pieces` in order."""
+
+    role: Role
+    pieces: tuple[Piece, ...]
+
+
 @dataclass(frozen=True)
 class HostRules:
     """The INPUT side ([host] in the policy), for packets entering an external interface and addressed
@@ -57,10 +131,15 @@ class HostRules:
     default: Verdict
 
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
-        return _rules_for(self.allows, family, proto)
+        return Allows(self.allows, PortMatch.DESTINATION).rules_for(family, proto)
 
-    def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
-        return disjoint_elements(self.rules_for(family, proto))
+    @property
+    def chain(self) -> Chain:
+        pieces: list[Piece] = [Established(), NeighbourDiscovery()]
+        if self.icmp_echo:
+            pieces.append(IcmpEcho())
+        pieces += [Allows(self.allows, PortMatch.DESTINATION), Default(self.default)]
+        return Chain(Role.HOST, tuple(pieces))
 
 
 @dataclass(frozen=True)
@@ -74,21 +153,30 @@ class Ruleset:
     allows: tuple[AllowRule, ...]
     host: HostRules | None = None
 
+    @property
+    def forward_chain(self) -> Chain:
+        pieces: list[Piece] = [Established(), Allows(self.allows, PortMatch.PUBLISHED)]
+        if self.log_dropped:
+            pieces.append(LogDrops())
+        pieces.append(Default(self.default))
+        return Chain(Role.FORWARD, tuple(pieces))
+
+    @property
+    def chains(self) -> tuple[Chain, ...]:
+        """Every chain to install, in order."""
+        return (self.forward_chain,) if self.host is None else (self.forward_chain, self.host.chain)
+
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
-        return _rules_for(self.allows, family, proto)
+        return Allows(self.allows, PortMatch.PUBLISHED).rules_for(family, proto)
 
     def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
         """Disjoint (network, port range) pairs covering exactly the allowed forwarded traffic."""
-        return disjoint_elements(self.rules_for(family, proto))
+        return Allows(self.allows, PortMatch.PUBLISHED).elements(family, proto)
 
     @property
     def digest(self) -> str:
         """A short stable fingerprint, shown by plan/status to tell rulesets apart."""
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
-
-
-def _rules_for(rules: tuple[AllowRule, ...], family: Family, proto: str) -> tuple[AllowRule, ...]:
-    return tuple(rule for rule in rules if rule.family is family and rule.proto == proto)
 
 
 def disjoint_elements(rules: tuple[AllowRule, ...]) -> tuple[Element, ...]:

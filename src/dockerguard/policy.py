@@ -14,19 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import PolicyError
+from .backends import BACKEND_CHOICES, check_backend_name
+from .errors import PolicyError, UsageError
+from .net import PROTOCOLS, Network, PortRange
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
     import tomli as tomllib
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-BACKEND_NAMES = ("auto", "nft", "iptables-legacy", "iptables-nft")
 DEFAULT_VERDICTS = ("drop", "reject")
-PROTOCOLS = ("tcp", "udp")
 ANY_SOURCE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -34,15 +32,6 @@ _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_COMMENT = 100
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
-
-
-@dataclass(frozen=True, order=True)
-class PortRange:
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
 @dataclass(frozen=True)
@@ -172,8 +161,10 @@ class _Validator:
     def policy(self, raw: Mapping[str, Any]) -> Policy:
         self._no_unknown_keys(raw, self.TOP_KEYS, ())
         backend = raw.get("backend", "auto")
-        if backend not in BACKEND_NAMES:
-            raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
+        try:
+            check_backend_name(backend)
+        except UsageError:
+            raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}") from None
         default = self._verdict(raw, ())
         log_dropped = raw.get("log_dropped", False)
         if not isinstance(log_dropped, bool):

@@ -340,7 +340,7 @@ def test_legacy_falls_back_to_restore_when_python_iptables_cannot_build_our_rule
         netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Debian forky's iptables 1.8.13 conntrack extension rejects --ctorigdstport through python-iptables
     (seen in the VM matrix): the driver then commits the same text with iptables-legacy-restore."""
-    from dockerguard.backends.iptables_legacy import IptablesLegacyBackend
+    from dockerguard.backends.iptables.legacy import IptablesLegacyBackend
 
     monkeypatch.setattr(IptablesLegacyBackend, "_refusal", "conntrack: no such parameter ctorigdstport")
     probe = IptablesLegacyBackend.probe()

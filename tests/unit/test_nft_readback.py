@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dockerguard.backends.nft import _element_texts, _state, _version_tuple
+from dockerguard.backends.nft.libnft import version_tuple as _version_tuple
+from dockerguard.backends.nft.readback import element_texts as _element_texts
+from dockerguard.backends.nft.readback import state_of as _state
 
 
 def test_prefix_forms_normalise_alike() -> None:

@@ -1,4 +1,8 @@
-"""Driver registry. Drivers are imported lazily: `import iptc` alone costs 0.2 s."""
+"""The backend registry: every driver's name, checked here and nowhere else.
+
+Drivers are imported lazily (`import iptc` alone costs 0.2 s): `DRIVERS` maps a name to "module:Class".
+"auto" is not a driver: `dockerguard.detect` resolves it to one.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,25 @@ import importlib
 from ..errors import UsageError
 from .base import Backend, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 
-# name -> "module:Class"; "auto" is resolved by dockerguard.detect.
 DRIVERS: dict[str, str] = {
-    "nft": "dockerguard.backends.nft:NftBackend",
-    "iptables-legacy": "dockerguard.backends.iptables_legacy:IptablesLegacyBackend",
-    "iptables-nft": "dockerguard.backends.iptables_nft:IptablesNftBackend",
+    "nft": "dockerguard.backends.nft.driver:NftBackend",
+    "iptables-legacy": "dockerguard.backends.iptables.legacy:IptablesLegacyBackend",
+    "iptables-nft": "dockerguard.backends.iptables.nft:IptablesNftBackend",
 }
+AUTO = "auto"
+BACKEND_CHOICES: tuple[str, ...] = (AUTO, *DRIVERS)
+
+
+def check_backend_name(name: object, *, allow_auto: bool = True) -> str:
+    """`name` if it names a driver (or "auto"), else UsageError listing the choices."""
+    choices = BACKEND_CHOICES if allow_auto else tuple(DRIVERS)
+    if not isinstance(name, str) or name not in choices:
+        raise UsageError(f"unknown backend {name!r} (expected one of: {', '.join(choices)})")
+    return name
 
 
 def driver_class(name: str) -> type[Backend]:
-    try:
-        module_name, class_name = DRIVERS[name].split(":")
-    except KeyError:
-        raise UsageError(f"unknown backend {name!r} (expected one of: {', '.join(DRIVERS)})") from None
+    module_name, class_name = DRIVERS[check_backend_name(name, allow_auto=False)].split(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
     return cls
 
@@ -33,6 +43,8 @@ def probe_all() -> list[ProbeResult]:
 
 
 __all__ = [
+    "AUTO",
+    "BACKEND_CHOICES",
     "DRIVERS",
     "Backend",
     "InstalledRule",
@@ -41,6 +53,7 @@ __all__ = [
     "ProbeResult",
     "Rendered",
     "Snapshot",
+    "check_backend_name",
     "driver_class",
     "get_backend",
     "probe_all",

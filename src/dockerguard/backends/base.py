@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..errors import BackendUnavailable
-from ..model import Ruleset
+from ..errors import BackendUnavailable, UsageError
+from ..model import Family, Ruleset
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,11 @@ class Backend(ABC):
     @abstractmethod
     def remove(self) -> None:
         """Delete everything this driver installed, atomically; no error if nothing is there."""
+
+    def render_persistent(self, ruleset: Ruleset, family: Family) -> str:
+        """A file the host's own boot-time loader installs `ruleset` from, without dockerguard
+        (`dockerguard export`). `family` matters only where a file holds one family."""
+        raise UsageError(f"backend {self.name!r} has no persistent file format")
 
     def is_host_chain(self, chain: str) -> bool:
         """Does this chain (as named in InstalledState) hold [host] (INPUT-side) rules?"""

@@ -7,12 +7,26 @@ to exercise the engine's rollback.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
 from ..errors import TransactionError
-from ..model import Ruleset
+from ..model import Allows, Default, LogDrops, Piece, Role, Ruleset
 from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+
+_SNAKE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+CHAIN = {Role.FORWARD: "external", Role.HOST: "host"}
+
+
+def _describe(piece: Piece) -> list[str]:
+    """One line per rule: the piece's kind, and for allows what they allow."""
+    if isinstance(piece, Allows):
+        return [f"allow {rule.proto} ipv{rule.family.value} {','.join(map(str, rule.sources))} "
+                f"{','.join(map(str, rule.ports))} -> accept" for rule in piece.rules]
+    if isinstance(piece, Default):
+        return [f"default -> {piece.verdict.value}"]
+    return [f"{_SNAKE.sub('_', type(piece).__name__).lower()} -> {'log' if isinstance(piece, LogDrops) else 'accept'}"]
 
 
 class FakeBackend(Backend):
@@ -34,23 +48,13 @@ class FakeBackend(Backend):
         return Rendered(self.name, "\n".join(lines) + "\n", state)
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
-        rules = [InstalledRule("external", "established,related -> accept")]
-        rules += [InstalledRule("external", f"allow {rule.proto} ipv{rule.family.value} "
-                                            f"{','.join(map(str, rule.sources))} "
-                                            f"{','.join(map(str, rule.ports))} -> accept")
-                  for rule in ruleset.allows]
-        rules.append(InstalledRule("external", f"default -> {ruleset.default.value}"))
-        if ruleset.host is not None:
-            rules += [InstalledRule("host", f"allow {rule.proto} ipv{rule.family.value} "
-                                            f"{','.join(map(str, rule.sources))} "
-                                            f"{','.join(map(str, rule.ports))} -> accept")
-                      for rule in ruleset.host.allows]
-            rules.append(InstalledRule("host", f"default -> {ruleset.host.default.value}"))
+        rules = [InstalledRule(CHAIN[chain.role], description)
+                 for chain in ruleset.chains for piece in chain.pieces for description in _describe(piece)]
         hooks = (f"interfaces {','.join(ruleset.interfaces)}", f"log_dropped {ruleset.log_dropped}")
         return InstalledState(self.name, hooks, tuple(rules))
 
     def is_host_chain(self, chain: str) -> bool:
-        return chain == "host"
+        return chain == CHAIN[Role.HOST]
 
     def apply(self, rendered: Rendered) -> None:
         if self.fail_next_apply:

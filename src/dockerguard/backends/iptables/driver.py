@@ -1,9 +1,8 @@
-"""iptables-nft driver: one `iptables-nft-restore --noflush` transaction per family (IPv4, then IPv6).
+"""`IptablesDriver`: what the iptables-nft and iptables-legacy drivers share.
 
-This module also holds `IptablesDriver`, the logic both iptables drivers share: reading the live
-filter table with `<flavour>-save`, rendering with `iptables_rules`, snapshot/restore/remove as layout
-transitions and the IPv4-then-IPv6 orchestration. A flavour only says how one family's transaction
-is sent (`_send`) and how concurrent writers are kept out (`_lock`).
+Reading the live filter table with `<flavour>-save`, rendering with `rules`, snapshot/restore/remove as
+layout transitions and the IPv4-then-IPv6 orchestration. A flavour (nft.py, legacy.py) only says how one
+family's transaction is sent (`_send`) and how concurrent writers are kept out (`_lock`).
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..errors import TransactionError
-from ..model import Family, Ruleset
-from . import iptables_rules as rules
-from .base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
-from .iptables_rules import Layout
+from ...errors import TransactionError
+from ...model import Family, Ruleset
+from ..base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ..common import iptables_binary, run_tool, tool_complaint
+from . import rules
+from .rules import Layout
 
-_TIMEOUT = 30
 _WAIT = ("-w", "5")  # wait for the xtables lock (legacy) instead of failing when Docker holds it
 
 
@@ -48,7 +47,7 @@ class IptablesDriver(Backend):
     @classmethod
     def binary(cls, family: Family, suffix: str = "") -> str:
         """`binary(Family.IPV6, "-save")` -> "ip6tables-nft-save"."""
-        return f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{cls.flavour}{suffix}"
+        return iptables_binary(cls.flavour, family, suffix)
 
     _wait_supported: ClassVar[bool | None] = None
 
@@ -70,7 +69,7 @@ class IptablesDriver(Backend):
             raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
         if proc.returncode != 0:
             raise TransactionError(f"{argv[0]} refused the {rules.family_label(family)} transaction: "
-                                   f"{_why(proc)}")
+                                   f"{tool_complaint(proc)}")
 
     # -- hooks for the flavours ------------------------------------------------------------------
     def _send(self, family: Family, text: str) -> None:
@@ -90,7 +89,7 @@ class IptablesDriver(Backend):
         except (OSError, subprocess.SubprocessError) as exc:
             raise TransactionError(f"cannot run {argv[0]}: {exc}") from exc
         if proc.returncode != 0:
-            raise TransactionError(f"{argv[0]} failed: {_why(proc)}")
+            raise TransactionError(f"{argv[0]} failed: {tool_complaint(proc)}")
         try:
             return rules.parse_save(proc.stdout)
         except ValueError as exc:
@@ -109,6 +108,14 @@ class IptablesDriver(Backend):
         texts = {family: rules.restore_text(family, rules.transition(assumed[family], target[family]), note)
                  for family in Family}
         return Rendered(self.name, "".join(texts.values()), IptablesPayload(assumed, target, texts))
+
+    def render_persistent(self, ruleset: Ruleset, family: Family) -> str:
+        """A self-contained file for a fresh boot, loaded before Docker starts (iptables-persistent's
+        rules.v4 / rules.v6): it creates DOCKER-USER and FORWARD's jump to it, which dockerd then keeps.
+        Both flavours load the same text."""
+        nothing_yet = Layout(user_chain=False, managed=(), chains=())
+        lines = rules.transition(nothing_yet, rules.target_layout(ruleset, family))
+        return rules.restore_text(family, lines, "for boot, before Docker starts: creates DOCKER-USER and the jumps")
 
     def _assumed(self) -> tuple[dict[Family, Layout], str | None]:
         """The live layouts when readable (the text is then exactly what apply sends now), else the
@@ -185,7 +192,7 @@ class IptablesDriver(Backend):
             layout = rules.layout_of(self.read_table(family))
             if not layout.installed:
                 continue
-            other_save = f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{other}-save"
+            other_save = iptables_binary(other, family, "-save")
             other_table = None
             with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
                 proc = run_tool([other_save])  # a plain dump creates no table
@@ -237,18 +244,6 @@ def _path_findings(label: str, layout: Layout, other: str, other_table: rules.Fi
     return findings
 
 
-def run_tool(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=_TIMEOUT,
-                          check=False)
-
-
-def _why(proc: subprocess.CompletedProcess[str]) -> str:
-    """The tool's complaint on one line, without its "Try `... --help'" advice."""
-    lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines()
-             if line.strip() and not line.startswith("Try `")]
-    return "; ".join(lines) or f"exit status {proc.returncode}"
-
-
 def probe_binaries(cls: type[IptablesDriver], tools: Sequence[str]) -> ProbeResult | None:
     """The common probe steps; None when they all pass. `tools` are the binary suffixes needed."""
     missing = [cls.binary(family, suffix) for family in Family for suffix in tools
@@ -270,25 +265,5 @@ def _probe_kernel(cls: type[IptablesDriver]) -> ProbeResult | None:
         saved = run_tool([cls.binary(family, "-save")])
         if saved.returncode != 0:
             return ProbeResult(cls.name, False, f"cannot read the {rules.family_label(family)} filter table: "
-                                                f"{_why(saved)} (needs root / CAP_NET_ADMIN)")
+                                                f"{tool_complaint(saved)} (needs root / CAP_NET_ADMIN)")
     return None
-
-
-class IptablesNftBackend(IptablesDriver):
-    name = "iptables-nft"
-    flavour = "nft"
-
-    @classmethod
-    def probe(cls) -> ProbeResult:
-        failed = probe_binaries(cls, ("", "-save", "-restore"))
-        if failed is not None:
-            return failed
-        version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
-        if "nf_tables" not in version:
-            return ProbeResult(cls.name, False, f"{cls.binary(Family.IPV4)} is not the nf_tables flavour "
-                                                f"({version or 'no version'})")
-        details = (("version", version), ("wait flag", "yes" if cls._wait_args() else "no"))
-        return ProbeResult(cls.name, True, version, details)
-
-    def _send(self, family: Family, text: str) -> None:
-        self._restore(family, text)

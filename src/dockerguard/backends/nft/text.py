@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DockerguardError, UsageError
+from ...errors import DockerguardError, UsageError
 
 # Selectors whose values are strings and must be quoted (everything else is a number or an nft symbol).
 _STRING_KEYS = {"iifname", "oifname"}

@@ -1,7 +1,7 @@
 """iptables-legacy driver: python-iptables (libiptc), one table commit per family (IPv4, then IPv6).
 
 The transaction is the same iptables-restore text the iptables-nft driver sends (built by
-`iptables_rules`), interpreted line by line on a private libiptc handle and committed once: libiptc
+`rules.py`), interpreted line by line on a private libiptc handle and committed once: libiptc
 replaces the whole table in one setsockopt, so each family changes atomically. The live table is read
 with iptables-legacy-save, so read-back shares the iptables-nft driver's normaliser.
 
@@ -15,7 +15,7 @@ python-iptables gotchas handled here:
 - On hosts where `iptables` means nf_tables, libiptc writes land silently in the unused legacy tables
   (python-iptables #342 #319 #298 #306): detect.py picks this driver only where Docker's rules are.
 - A quoted comment with a quote in it comes back with a backslash added (python-iptables re-parses
-  parameters with shlex): `iptables_rules.sanitize_comment` keeps quotes out of comments.
+  parameters with shlex): `rules.sanitize_comment` keeps quotes out of comments.
 - Whether `-j NAME` jumps to a chain is decided by asking `rule.tables`, i.e. the process-wide cached
   handles of ALL tables (which instantiates every legacy table, and never sees a chain created in our
   uncommitted transaction): our rules answer from the transaction's own handle.
@@ -31,12 +31,13 @@ import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ..errors import TransactionError
-from ..locking import flock_exclusive
-from ..model import Family
-from . import iptables_rules as rules
-from .base import ProbeResult
-from .iptables_nft import IptablesDriver, probe_binaries, run_tool
+from ...errors import TransactionError
+from ...locking import flock_exclusive
+from ...model import Family
+from ..base import ProbeResult
+from ..common import run_tool
+from . import rules
+from .driver import IptablesDriver, probe_binaries
 
 LOCK_WAIT = 5.0  # seconds, like `iptables -w 5`
 _RULE_ATTRIBUTES = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
@@ -112,7 +113,7 @@ class IptablesLegacyBackend(IptablesDriver):
             raise TransactionError(f"python-iptables cannot open the {label} filter table: {_message(exc)}"
                                    ) from exc
         try:
-            for number, line in enumerate(text.splitlines(), start=1):
+            for number, line in enumerate(text.split("\n"), start=1):
                 try:
                     _apply_line(iptc, table, family, line)
                 except Exception as exc:  # python-iptables raises IPTCError, XTablesError, ValueError, ...
@@ -127,7 +128,7 @@ class IptablesLegacyBackend(IptablesDriver):
             table.close()
 
 
-# One of each rule form iptables_rules emits, parsed (never committed) to find out whether python-iptables
+# One of each rule form rules.py emits, parsed (never committed) to find out whether python-iptables
 # and this libxtables agree on them.
 _CAPABILITY_RULES = (
     (Family.IPV4, "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment probe -j RETURN"),
@@ -152,7 +153,7 @@ def _private_table(iptc: Any, family: Family) -> Any:
 
 
 def _apply_line(iptc: Any, table: Any, family: Family, line: str) -> None:
-    """Do one iptables-restore `--noflush` line on the handle (the subset `iptables_rules` emits)."""
+    """Do one iptables-restore `--noflush` line on the handle (the subset rules.py emits)."""
     if not line or line.startswith("#") or line in ("*filter", "COMMIT"):
         return
     if line.startswith("*"):

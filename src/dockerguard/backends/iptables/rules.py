@@ -27,21 +27,34 @@ to what we render and to what `iptables-save` prints, so read-back compares like
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import AllowRule, Family, HostRules, Ruleset, Verdict
-from .base import InstalledRule, InstalledState
-from .nft import LOG_PREFIX
+from ...model import (
+    AllowRule,
+    Allows,
+    Chain,
+    Default,
+    Established,
+    Family,
+    IcmpEcho,
+    LogDrops,
+    NeighbourDiscovery,
+    PortMatch,
+    Role,
+    Ruleset,
+    Verdict,
+)
+from ..base import InstalledRule, InstalledState
+from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 
-GUARD_CHAIN = "DOCKERGUARD"
-HOST_CHAIN = "DOCKERGUARD-INPUT"
+GUARD_CHAIN = IPTABLES_CHAIN[Role.FORWARD]  # DOCKERGUARD
+HOST_CHAIN = IPTABLES_CHAIN[Role.HOST]  # DOCKERGUARD-INPUT
 OUR_CHAINS = (GUARD_CHAIN, HOST_CHAIN)
-INPUT_CHAIN = "INPUT"
-USER_CHAIN = "DOCKER-USER"
+INPUT_CHAIN = IPTABLES_ENTRY[Role.HOST]
+USER_CHAIN = IPTABLES_ENTRY[Role.FORWARD]
 FORWARD_CHAIN = "FORWARD"
-JUMP_COMMENT = "dockerguard"
 # Exactly Docker's spelling, so Docker's own `-C FORWARD -j DOCKER-USER` finds the jump we keep first.
 FORWARD_JUMP = f"-j {USER_CHAIN}"
 LOG_LIMIT = "-m limit --limit 5/min --limit-burst 10"  # as iptables-save prints it
@@ -168,64 +181,80 @@ def sanitize_comment(text: str) -> str:
     return cleaned
 
 
-# -- what our chains hold ---------------------------------------------------------------------------
+# -- what our chains hold: one function per piece kind (model.Piece) ----------------------------------
 def _with_comment(matches: str, comment: str, target: str) -> str:
     middle = f"{matches} " if matches else ""
     return f"{middle}-m comment --comment {save_string(sanitize_comment(comment))} {target}"
 
 
-_ESTABLISHED = _with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")
+def established(piece: Established, family: Family) -> list[str]:
+    return [_with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")]
 
 
-def _allow_rules(allows: Sequence[AllowRule], family: Family, port_match: str) -> list[str]:
-    """One RETURN rule per (source network, port span) of each allow of `family`, in policy order
-    (per protocol that is `rules_for`). `port_match` is "conntrack" (published port, before DNAT) or
-    "dport" (the plain destination port)."""
+def neighbour_discovery(piece: NeighbourDiscovery, family: Family) -> list[str]:
+    if family is not Family.IPV6:
+        return []
+    return [_with_comment(f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}", "ipv6 neighbour discovery", "-j RETURN")
+            for kind in _ND_TYPES]
+
+
+def icmp_echo(piece: IcmpEcho, family: Family) -> list[str]:
+    if family is Family.IPV4:
+        return [_with_comment("-p icmp -m icmp --icmp-type 8", "icmp echo-request", "-j RETURN")]
+    return [_with_comment("-p ipv6-icmp -m icmp6 --icmpv6-type 128", "icmpv6 echo-request", "-j RETURN")]
+
+
+def allows(piece: Allows, family: Family) -> list[str]:
+    """One RETURN rule per (source network, port span) of each allow of `family`, in policy order.
+    A published port is conntrack's original destination port (before Docker's DNAT)."""
     rules: list[str] = []
-    for allow in allows:
-        if allow.family is not family:
-            continue
-        comment = sanitize_comment(allow.comment) or f"allow {allow.proto}"
-        for net in allow.sources:
-            source = f"-s {net} " if net.prefixlen else ""  # iptables-save omits -s 0.0.0.0/0
-            for span in allow.ports:
-                port = str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
-                match = (f"-m conntrack --ctorigdstport {port}" if port_match == "conntrack"
-                         else f"-m {allow.proto} --dport {port}")
-                rules.append(_with_comment(f"{source}-p {allow.proto} {match}", comment, "-j RETURN"))
+    for allow in piece.rules:
+        if allow.family is family:
+            rules += _allow_rules(allow, piece.port)
     return rules
 
 
-def _default_rules(default: Verdict, family: Family) -> list[str]:
-    if default is Verdict.REJECT:
+def _allow_rules(allow: AllowRule, port_match: PortMatch) -> list[str]:
+    comment = sanitize_comment(allow.comment) or f"allow {allow.proto}"
+    rules = []
+    for net in allow.sources:
+        source = f"-s {net} " if net.prefixlen else ""  # iptables-save omits -s 0.0.0.0/0
+        for span in allow.ports:
+            port = str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
+            match = (f"-m conntrack --ctorigdstport {port}" if port_match is PortMatch.PUBLISHED
+                     else f"-m {allow.proto} --dport {port}")
+            rules.append(_with_comment(f"{source}-p {allow.proto} {match}", comment, "-j RETURN"))
+    return rules
+
+
+def log_drops(piece: LogDrops, family: Family) -> list[str]:
+    return [_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX)}")]
+
+
+def default(piece: Default, family: Family) -> list[str]:
+    if piece.verdict is Verdict.REJECT:
         return [_with_comment("-p tcp", "default reject tcp", "-j REJECT --reject-with tcp-reset"),
                 _with_comment("", "default reject", f"-j REJECT --reject-with {_REJECT_WITH[family]}")]
     return [_with_comment("", "default drop", "-j DROP")]
 
 
-def guard_rules(ruleset: Ruleset, family: Family) -> tuple[str, ...]:
-    """The rule specs of DOCKERGUARD (forwarded traffic) for one family, without `-A DOCKERGUARD`."""
-    rules = [_ESTABLISHED, *_allow_rules(ruleset.allows, family, "conntrack")]
-    if ruleset.log_dropped:
-        rules.append(_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX)}"))
-    return tuple(rules + _default_rules(ruleset.default, family))
+_PIECES: dict[type, Callable[[Any, Family], list[str]]] = {
+    Established: established,
+    NeighbourDiscovery: neighbour_discovery,
+    IcmpEcho: icmp_echo,
+    Allows: allows,
+    LogDrops: log_drops,
+    Default: default,
+}
 
 
-def host_rules(host: HostRules, family: Family) -> tuple[str, ...]:
-    """The rule specs of DOCKERGUARD-INPUT (traffic to the host itself), like the nft driver's."""
-    rules = [_ESTABLISHED]
-    if family is Family.IPV6:  # without neighbour discovery IPv6 stops working altogether
-        rules += [_with_comment(f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}", "ipv6 neighbour discovery",
-                                "-j RETURN") for kind in _ND_TYPES]
-    if host.icmp_echo:
-        rules.append(_with_comment("-p icmp -m icmp --icmp-type 8", "icmp echo-request", "-j RETURN")
-                     if family is Family.IPV4 else
-                     _with_comment("-p ipv6-icmp -m icmp6 --icmpv6-type 128", "icmpv6 echo-request", "-j RETURN"))
-    return tuple(rules + _allow_rules(host.allows, family, "dport") + _default_rules(host.default, family))
+def chain_rules(chain: Chain, family: Family) -> tuple[str, ...]:
+    """The rule specs of the role's chain (DOCKERGUARD, DOCKERGUARD-INPUT) for one family, without `-A`."""
+    return tuple(spec for piece in chain.pieces for spec in _PIECES[type(piece)](piece, family))
 
 
 def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
-    return f"-i {interface} -m comment --comment {JUMP_COMMENT} -j {chain}"
+    return f"-i {interface} -m comment --comment {COMMENT} -j {chain}"
 
 
 # -- the managed part of one family's filter table -----------------------------------------------
@@ -277,14 +306,15 @@ BASELINE_NOTE = ("assumed live state (not read): DOCKER-USER exists, FORWARD jum
 
 
 def target_layout(ruleset: Ruleset, family: Family) -> Layout:
+    """Each chain of the ruleset as one of our chains, jumped to from the top of its entry chain
+    (DOCKER-USER, INPUT) once per external interface; FORWARD's jump to DOCKER-USER first."""
     managed: list[Managed] = [(FORWARD_CHAIN, 1, FORWARD_JUMP)]
-    managed += [(USER_CHAIN, index, canonical(jump_spec(interface)))
-                for index, interface in enumerate(ruleset.interfaces, start=1)]
-    chains = [(GUARD_CHAIN, tuple(canonical(spec) for spec in guard_rules(ruleset, family)))]
-    if ruleset.host is not None:
-        managed += [(INPUT_CHAIN, index, canonical(jump_spec(interface, HOST_CHAIN)))
+    chains = []
+    for chain in ruleset.chains:
+        ours = IPTABLES_CHAIN[chain.role]
+        managed += [(IPTABLES_ENTRY[chain.role], index, canonical(jump_spec(interface, ours)))
                     for index, interface in enumerate(ruleset.interfaces, start=1)]
-        chains.append((HOST_CHAIN, tuple(canonical(spec) for spec in host_rules(ruleset.host, family))))
+        chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family))))
     return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)))
 
 
@@ -312,7 +342,7 @@ def parse_save(text: str) -> FilterTable:
     chains: list[str] = []
     rules: list[SavedRule] = []
     table = ""
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # not splitlines(): U+2028 in a comment is no line end
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

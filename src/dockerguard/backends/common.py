@@ -1,0 +1,49 @@
+"""What every driver shares: the names of our objects in the kernel, and the runner for external tools.
+
+Chain names are given per `Role` (model), so a renderer asks for "the forward chain" the same way in
+every driver, and tests and tools find our objects by importing these names instead of spelling them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from ..model import Family, Role
+
+LOG_PREFIX = "dockerguard-drop: "  # on log lines of what the forward chain's default refuses
+COMMENT = "dockerguard"  # marks the jumps we place in chains that are not ours
+
+# -- native nftables: one table of our own ------------------------------------------------------------
+NFT_TABLE = "dockerguard"  # `table inet dockerguard`
+NFT_PRIORITY = -1  # "filter - 1": before iptables-nft's and Docker's filter chains at priority 0
+NFT_HOOK = {Role.FORWARD: "forward", Role.HOST: "input"}  # base chains are named after their hook
+NFT_CHAIN = {Role.FORWARD: "external", Role.HOST: "host"}  # the judging chain the base chain jumps to
+NFT_SET_PREFIX = {Role.FORWARD: "allow", Role.HOST: "host"}  # allow_v4_tcp, host_v6_udp, ...
+
+# -- iptables (both flavours): our chains in table filter, jumped to from chains we do not own ----------
+IPTABLES_CHAIN = {Role.FORWARD: "DOCKERGUARD", Role.HOST: "DOCKERGUARD-INPUT"}
+IPTABLES_ENTRY = {Role.FORWARD: "DOCKER-USER", Role.HOST: "INPUT"}  # where the jumps to our chains sit
+
+# What the jump into a role's chain says about the traffic it judges ("judge forwarded traffic ...").
+ROLE_TRAFFIC = {Role.FORWARD: "forwarded", Role.HOST: "host"}
+
+TOOL_TIMEOUT = 30.0
+
+
+def iptables_binary(flavour: str, family: Family, suffix: str = "") -> str:
+    """`iptables_binary("nft", Family.IPV6, "-save")` -> "ip6tables-nft-save"."""
+    return f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{flavour}{suffix}"
+
+
+def run_tool(argv: Sequence[str], input: str | None = None,
+             timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run a firewall tool, capturing its output; never raises for a non-zero exit."""
+    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def tool_complaint(proc: subprocess.CompletedProcess[str]) -> str:
+    """The tool's complaint on one line, without its "Try `... --help'" advice."""
+    lines = [line.strip() for line in (proc.stderr or proc.stdout).split("\n")
+             if line.strip() and not line.startswith("Try `")]
+    return "; ".join(lines) or f"exit status {proc.returncode}"

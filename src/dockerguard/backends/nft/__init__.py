@@ -1,0 +1,1 @@
+"""The native nftables driver (driver.py) and its pure parts: render.py, readback.py, text.py."""

@@ -1,0 +1,118 @@
+"""Read-back: the same normalisation turns what we render and what the kernel lists into one
+`InstalledState`, so they compare like with like (counters are carried, never compared). Pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from typing import Any
+
+from ..base import InstalledRule, InstalledState, PathFinding
+from ..common import NFT_TABLE
+
+
+def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
+    """`objects`: {"chain": ...}/{"set": ...}/{"rule": ...} items, as rendered or as listed."""
+    hooks: list[str] = []
+    rules: list[InstalledRule] = []
+    sets: list[tuple[str, tuple[str, ...]]] = []
+    for item in objects:
+        if "chain" in item:
+            chain = item["chain"]
+            if "hook" in chain:
+                hooks.append(f"chain {chain['name']}: {chain.get('type')} hook {chain['hook']} "
+                             f"priority {chain.get('prio')} policy {chain.get('policy')}")
+        elif "set" in item:
+            nft_set = item["set"]
+            elements = sorted({text for elem in nft_set.get("elem", [])
+                               for text in element_texts(elem, loose_ipv6_prefixes)})
+            sets.append((nft_set["name"], tuple(elements)))
+        elif "rule" in item:
+            rule = item["rule"]
+            packets, octets = _counter(rule["expr"])
+            description = f"{rule.get('comment', '?')} -> {_verdict(rule['expr'])}"
+            rules.append(InstalledRule(rule["chain"], description, packets, octets))
+    return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)))
+
+
+def _verdict(statements: list[dict[str, Any]]) -> str:
+    last = statements[-1] if statements else {}
+    if "jump" in last:
+        return f"jump {last['jump']['target']}"
+    return next(iter(last), "?")
+
+
+def _counter(statements: list[dict[str, Any]]) -> tuple[int, int]:
+    for statement in statements:
+        counter = statement.get("counter")
+        if isinstance(counter, dict):
+            return int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+    return 0, 0
+
+
+def element_texts(elem: Any, loose_ipv6_prefixes: bool = False) -> list[str]:
+    """"203.0.113.0/24 . 80-80" strings for one set element, however nft chose to print it.
+
+    nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though the
+    kernel holds the right one: with `loose_ipv6_prefixes` those prefix lengths are not compared."""
+    if isinstance(elem, dict) and "elem" in elem:  # element with its own comment/counter
+        elem = elem["elem"]["val"]
+    parts = elem["concat"]
+    first, last = _ports(parts[1])
+    networks = _networks(parts[0])
+    if loose_ipv6_prefixes:
+        networks = [re.sub(r"/\d+$", "/?", net) if ":" in net and not net.endswith("/128") else net
+                    for net in networks]
+    return [f"{net} . {first}-{last}" for net in networks]
+
+
+def _networks(value: Any) -> list[str]:
+    # Both nft and Python's ipaddress print addresses canonically, so the text is compared as it
+    # is (parsing 10,000 elements costs more than the kernel transaction).
+    if isinstance(value, str):
+        return [f"{value}/{128 if ':' in value else 32}"]
+    if "prefix" in value:
+        return [f"{value['prefix']['addr']}/{value['prefix']['len']}"]
+    if "range" in value:
+        low, high = (ipaddress.ip_address(bound) for bound in value["range"])
+        return [str(net) for net in ipaddress.summarize_address_range(low, high)]  # type: ignore[arg-type]
+    raise ValueError(f"unexpected set element address {value!r}")
+
+
+def _ports(value: Any) -> tuple[int, int]:
+    if isinstance(value, dict) and "range" in value:
+        return _port(value["range"][0]), _port(value["range"][1])
+    return _port(value), _port(value)
+
+
+def _port(value: Any) -> int:
+    return value if isinstance(value, int) else socket.getservbyname(str(value))
+
+
+def path_findings(chains: list[dict[str, Any]]) -> tuple[PathFinding, ...]:
+    """Base chains of the ip/ip6/inet families on the same hook run in priority order; a lower priority
+    than ours runs first, and its drop is final before we judge (its accept is not: ours still runs).
+    Equal priorities run in an unspecified order. The bridge family's forward hook is another path."""
+    def ours(chain: dict[str, Any]) -> bool:
+        return chain.get("family") == "inet" and chain.get("table") == NFT_TABLE
+
+    findings: list[PathFinding] = []
+    for chain in (c for c in chains if ours(c) and "hook" in c):
+        hook, prio = chain["hook"], int(chain["prio"])
+        others = [c for c in chains if not ours(c) and c.get("hook") == hook
+                  and c.get("family") in ("ip", "ip6", "inet")]
+        before = sorted((c for c in others if int(c["prio"]) <= prio), key=lambda c: int(c["prio"]))
+        for other in before:
+            name = f"{other['family']} {other['table']} chain {other['name']}"
+            if int(other["prio"]) == prio:
+                findings.append(PathFinding("warning", f"{name} shares our {hook} priority {prio}: which of the "
+                                                       "two runs first is not defined"))
+            else:
+                findings.append(PathFinding("warning", f"{name} ({hook} hook, priority {other['prio']}) runs "
+                                                       f"before ours ({prio}): what it drops never reaches us"))
+        if not before:
+            findings.append(PathFinding("ok", f"chain {chain['name']} ({hook} hook, priority {prio}) runs first "
+                                              f"of {len(others) + 1} {hook}-hook base chains"))
+    return tuple(findings)
