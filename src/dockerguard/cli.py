@@ -279,7 +279,7 @@ def backends(as_json: bool = JsonOption) -> None:
                     "evidence": dict(detection.evidence)}
     except DockerguardError as exc:
         # A detection conflict carries the counts that caused it.
-        decision = {"backend": None, "reason": str(exc), "evidence": dict(getattr(exc, "evidence", ()))}
+        decision = {"backend": None, "reason": str(exc), "evidence": dict(exc.evidence)}
     if as_json:
         _print_json({"backends": [asdict(probe) for probe in probes], "auto": decision})
         return
@@ -435,7 +435,7 @@ def main() -> None:
     try:
         app()  # typer handles --help and usage errors itself (exit 2)
     except DockerguardError as exc:
-        _show_steps(getattr(exc, "steps", ()))
+        _show_steps(exc.steps)
         err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
         sys.exit(exc.exit_code)
 

@@ -32,7 +32,7 @@ from types import FrameType
 from . import sandbox
 from .backends import check_backend_name
 from .compiler import compile_policy
-from .errors import DockerguardError, UsageError
+from .errors import DemoError, UsageError
 from .model import Family, Ruleset
 from .policy import parse_policy
 from .sandbox import HOST_EXT_V4, HOST_EXT_V6, PUBLISHED, Probe, ProbeResult, Topology
@@ -76,10 +76,6 @@ comment = "admin console, one address only"
 
 PROBE_TIMEOUT = 1.0  # a dropped probe costs this once: all probes of a round run concurrently
 CLI_TIMEOUT = 120.0
-
-
-class DemoError(DockerguardError):
-    """The demo could not run (no root, a missing tool, the sandbox or dockerguard failed inside it)."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ import subprocess
 from dataclasses import dataclass
 
 from .backends import driver_class
+from .backends.common import iptables_binary, run_tool
 from .errors import DetectionError
+from .model import Family
 
 FLAVOURS = ("iptables-legacy", "iptables-nft")
 _TIMEOUT = 15
@@ -105,13 +107,11 @@ def decide(facts: Facts) -> Detection:
                                 "present), which has no DOCKER-USER chain, so dockerguard uses its own nftables "
                                 f"table{stale}.", evidence)
     if legacy_total and nft_total:
-        error = DetectionError(
+        raise DetectionError(
             f"conflict: Docker's rules are in both iptables-legacy ({legacy}) and iptables-nft ({nft}); "
             "one set is stale (e.g. left by a dockerd that ran with the other iptables). Remove it, or set "
             "`backend` in the policy to the flavour the running dockerd uses (`iptables --version` says: "
-            f"{facts.iptables_version or 'no iptables'}).")
-        error.evidence = evidence  # type: ignore[attr-defined]  # `dockerguard backends` shows the counts
-        raise error
+            f"{facts.iptables_version or 'no iptables'}).", evidence)
     for flavour, total, other in (("iptables-legacy", legacy_total, nft), ("iptables-nft", nft_total, legacy)):
         if total:
             counts = facts.counts[flavour]
@@ -163,10 +163,11 @@ def gather_facts() -> Facts:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """The tool's result; None when it is not installed or could not run."""
     if shutil.which(argv[0]) is None:
         return None
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+        return run_tool(argv, timeout=_TIMEOUT)
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -200,9 +201,9 @@ def _bridge_tables(listing: str) -> tuple[str, ...]:
 def _counts(flavour: str) -> Counts:
     values: list[int | None] = []
     errors: list[str] = []
-    for base in ("iptables", "ip6tables"):
+    for family in Family:
         # A plain dump: `-t filter` would instantiate an absent legacy table.
-        binary = f"{base}{flavour[len('iptables'):]}-save"
+        binary = iptables_binary(flavour.split("-", 1)[1], family, "-save")
         proc = _run([binary])
         if proc is None:
             values.append(None)

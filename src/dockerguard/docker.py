@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .errors import DockerguardError
-
-
-class DockerUnavailable(DockerguardError):
-    """Docker's API socket cannot be reached or answered with an error."""
+from .errors import DockerUnavailable
 
 
 @dataclass(frozen=True)

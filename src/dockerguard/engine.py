@@ -201,7 +201,7 @@ class Engine:
         try:
             return self._apply(policy, confirm, record, force=force, guard=guard)
         except DockerguardError as exc:
-            exc.steps = tuple(record.steps)  # type: ignore[attr-defined]
+            exc.steps = tuple(record.steps)
             raise
 
     def _apply(self, policy: Policy, confirm: float | None, record: _Recorder, *, force: bool,
@@ -361,7 +361,7 @@ class Engine:
                 return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "rollback",
                                       tuple(record.steps))
         except DockerguardError as exc:
-            exc.steps = tuple(record.steps)  # type: ignore[attr-defined]
+            exc.steps = tuple(record.steps)
             raise
 
     def _undo_claimed(self, claimed: PendingRecord, reason: str, record: _Recorder) -> RollbackResult:

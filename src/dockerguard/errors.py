@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DockerguardError(Exception):
-    """Base class of every error dockerguard raises on purpose."""
+    """Base class of every error dockerguard raises on purpose.
+
+    `steps` is what the engine did before it failed (engine.Step records; the CLI shows them with
+    --verbose); `evidence` are (fact, value) pairs behind a decision, e.g. a detection conflict."""
 
     exit_code = 1
+    steps: tuple[Any, ...] = ()
+    evidence: tuple[tuple[str, str], ...] = ()
 
 
 class PolicyError(DockerguardError):
@@ -43,6 +50,10 @@ class BackendUnavailable(DockerguardError):
 class DetectionError(DockerguardError):
     """`backend = "auto"` could not decide which firewall Docker uses."""
 
+    def __init__(self, message: str, evidence: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
 
 class ApplyError(DockerguardError):
     """The kernel refused the ruleset or verification failed; the previous ruleset was restored."""
@@ -73,3 +84,11 @@ class LockoutError(DockerguardError):
     """The policy's [host] rules would cut the admin's own SSH session; nothing was sent."""
 
     exit_code = 2
+
+
+class DockerUnavailable(DockerguardError):
+    """Docker's API socket cannot be reached or answered with an error."""
+
+
+class DemoError(DockerguardError):
+    """The demo could not run (no root, a missing tool, the sandbox or dockerguard failed inside it)."""

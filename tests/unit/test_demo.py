@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from dockerguard import cli, demo, sandbox
-from dockerguard.demo import Check, DemoError, DemoResult, Row, demo_checks, lets_through, sandbox_flavour
-from dockerguard.errors import UsageError
+from dockerguard.demo import Check, DemoResult, Row, demo_checks, lets_through, sandbox_flavour
+from dockerguard.errors import DemoError, UsageError
 from dockerguard.policy import parse_policy
 
 
