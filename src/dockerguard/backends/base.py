@@ -141,7 +141,11 @@ class Backend(ABC):
             return ()
         return tuple(PathFinding("info", hook) for hook in installed.hooks)
 
+    def availability(self) -> ProbeResult:
+        """`probe()` for this instance (a driver talking to a fake kernel probes that instead)."""
+        return self.probe()
+
     def ensure_available(self) -> None:
-        result = self.probe()
+        result = self.availability()
         if not result.available:
             raise BackendUnavailable(f"backend {self.name!r} is not usable here: {result.reason}")

@@ -40,6 +40,9 @@ class NftBackend(Backend):
                                                 "install pip-nftables and libnftables1")
         return cls(Libnftables()).probe_client()
 
+    def availability(self) -> ProbeResult:
+        return self.probe() if isinstance(self.client, Libnftables) else self.probe_client()
+
     def probe_client(self) -> ProbeResult:
         """Can this client's kernel take our ruleset form? Checked without committing anything."""
         try:
