@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from .model import AllowRule, Family, HostRules, Ruleset, Verdict
-from .net import Network, PortRange
+from .net import PROTOCOLS, Network, PortRange
 from .policy import Allow, Policy, SetRef
 
 
-def compile_policy(policy: Policy) -> Ruleset:
+def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = ()) -> Ruleset:
+    """`published`: the (protocol, host port) pairs Docker publishes now (dockerguard.published); their
+    INPUT path is judged unless the policy says `filter_proxy_path = false`."""
     if policy.uses_containers:
         raise ValueError("container selectors must be resolved first (dockerguard.containers.resolve_containers)")
     host = None
@@ -22,7 +25,14 @@ def compile_policy(policy: Policy) -> Ruleset:
         log_dropped=policy.log_dropped,
         allows=_allow_rules(policy, policy.allow),
         host=host,
+        published=_published(published) if policy.filter_proxy_path else None,
     )
+
+
+def _published(ports: Iterable[tuple[str, int]]) -> tuple[tuple[str, tuple[PortRange, ...]], ...]:
+    pairs = set(ports)
+    return tuple((proto, _merge_ports(tuple(PortRange(port, port) for p, port in pairs if p == proto)))
+                 for proto in PROTOCOLS)
 
 
 def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule, ...]:

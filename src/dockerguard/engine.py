@@ -18,14 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from . import published
 from .backends import Backend, InstalledState, PathFinding, Rendered, Snapshot, get_backend
 from .compiler import compile_policy
 from .containers import Resolution, resolve_containers
 from .detect import Detection, detect
 from .diff import Diff, diff_states
-from .docker import DockerClient
+from .docker import ContainerInfo, DockerClient
 from .errors import (
     ApplyError,
     ConfirmError,
@@ -49,6 +50,8 @@ OVERDUE_GRACE = 5.0
 TIMER_POLL = 0.25  # how often the timer looks whether `confirm` removed the pending file
 
 TimerLauncher = Callable[[Path, str], int]
+# Optional, not `X | None`: a module-level alias is evaluated at run time, also on Python 3.9.
+Discoverer = Callable[[Optional[Callable[[], list[ContainerInfo]]]], published.Discovery]
 
 
 @dataclass(frozen=True)
@@ -134,23 +137,40 @@ class Engine:
     """Drives one backend. `backend` may be a driver instance, a driver name, "auto", or None to
     follow the policy's `backend` setting. `state_dir` defaults to $DOCKERGUARD_STATE_DIR, then
     /var/lib/dockerguard. `timer_launcher(state_dir, token) -> pid` starts the rollback timer of
-    `apply(confirm=...)` (tests replace it; the default is a detached process)."""
+    `apply(confirm=...)` (tests replace it; the default is a detached process). `discover(containers)`
+    finds the published ports (default: `published.discover`, which asks the Docker API through
+    `containers` and reads the kernel)."""
 
     def __init__(self, backend: Backend | str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
-                 timer_launcher: TimerLauncher | None = None, docker: DockerClient | None = None) -> None:
+                 timer_launcher: TimerLauncher | None = None, docker: DockerClient | None = None,
+                 discover: Discoverer | None = None) -> None:
         self._requested = backend
         self._resolved: tuple[Backend, Detection | None] | None = None
         self.state = StateDir(state_dir)
         self._launch_timer = timer_launcher or spawn_rollback_timer
         self._docker = docker
+        self._discover = discover or published.discover
         self.resolutions: tuple[Resolution, ...] = ()  # what container selectors resolved to last time
+        self.discovery = published.Discovery()  # the published ports found last time, and by whom
 
     def compile(self, policy: Policy) -> Ruleset:
-        """compile_policy, after looking up the host ports that container-selecting entries publish now."""
+        """compile_policy, after looking up the host ports that container-selecting entries publish now
+        and the ports Docker publishes (whose docker-proxy path is judged too)."""
+        client = self._docker or DockerClient(policy.docker_socket)
+        listed: list[ContainerInfo] | None = None
+
+        def containers() -> list[ContainerInfo]:
+            nonlocal listed
+            if listed is None:
+                listed = client.containers()
+            return listed
+
         if policy.uses_containers:
-            client = self._docker or DockerClient(policy.docker_socket)
-            policy, self.resolutions = resolve_containers(policy, client.containers())
-        return compile_policy(policy)
+            policy, self.resolutions = resolve_containers(policy, containers())
+        if not policy.filter_proxy_path:
+            return compile_policy(policy)
+        self.discovery = self._discover(containers)
+        return compile_policy(policy, self.discovery.ports)
 
     def backend(self, policy: Policy | None = None) -> tuple[Backend, Detection | None]:
         if self._resolved is None:

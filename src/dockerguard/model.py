@@ -5,7 +5,14 @@ Nothing here knows any backend's syntax: it only says which new connections from
 A Ruleset is a list of `Chain`s, each an ordered list of typed pieces. The order of the pieces is
 decided here, once; every renderer walks `Ruleset.chains` and turns each piece kind into its own syntax
 with a function of the same name (`established`, `neighbour_discovery`, `icmp_echo`, `allows`,
-`log_drops`, `default`), so a new rule kind is one grep away in every driver.
+`log_drops`, `default`, `to_proxy`, `to_host`), so a new rule kind is one grep away in every driver.
+
+Chains by role, for packets entering an external interface::
+
+    forward hook -> FORWARD   forwarded to containers (after Docker's DNAT): the DOCKER-USER equivalent
+    input hook   -> INPUT     addressed to the host itself; dispatches, nothing else:
+                      published ports -> PROXY   docker-proxy's path, judged like FORWARD
+                      everything else -> HOST    the policy's [host] section, when there is one
 """
 
 from __future__ import annotations
@@ -33,7 +40,14 @@ class Role(Enum):
     """What a chain judges. Drivers map each role to their own chain names (backends.common)."""
 
     FORWARD = "forward"  # forwarded traffic entering an external interface: the DOCKER-USER equivalent
-    HOST = "host"  # traffic entering an external interface addressed to the host itself ([host])
+    INPUT = "input"  # traffic entering an external interface addressed to the host: dispatches only
+    PROXY = "proxy"  # ... to a published port (docker-proxy listens there): the allows apply as on FORWARD
+    HOST = "host"  # ... to anything else, judged by the policy's [host] section
+
+    @property
+    def hook(self) -> str | None:
+        """The netfilter hook whose packets enter this chain; None: only reached from another chain."""
+        return {Role.FORWARD: "forward", Role.INPUT: "input"}.get(self)
 
 
 class PortMatch(Enum):
@@ -108,7 +122,23 @@ class Default:
     verdict: Verdict
 
 
-Piece = Union[Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default]
+@dataclass(frozen=True)
+class ToProxy:
+    """New and established connections to a published port (`ports` per protocol) go to the PROXY chain
+    and are judged there; it always decides, nothing comes back."""
+
+    ports: tuple[tuple[str, tuple[PortRange, ...]], ...]
+
+    def ports_of(self, proto: str) -> tuple[PortRange, ...]:
+        return dict(self.ports).get(proto, ())
+
+
+@dataclass(frozen=True)
+class ToHost:
+    """Everything else goes to the HOST chain ([host] in the policy)."""
+
+
+Piece = Union[Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default, ToProxy, ToHost]
 
 
 @dataclass(frozen=True)
@@ -144,27 +174,47 @@ class HostRules:
 
 @dataclass(frozen=True)
 class Ruleset:
-    """What the DOCKER-USER equivalent does for packets entering an external interface:
-    established/related pass, new connections matching an AllowRule pass, the rest gets `default`."""
+    """What dockerguard does with packets entering an external interface: on their way to a container
+    (forwarded) and, when `published` is set, addressed to the host on a published port (docker-proxy),
+    established/related pass, new connections matching an AllowRule pass, the rest gets `default`.
+    `host` judges the rest of the traffic addressed to the host."""
 
     interfaces: tuple[str, ...]
     default: Verdict
     log_dropped: bool
     allows: tuple[AllowRule, ...]
     host: HostRules | None = None
+    # The published host ports per protocol whose INPUT path (docker-proxy) is judged; None: not judged.
+    published: tuple[tuple[str, tuple[PortRange, ...]], ...] | None = None
 
     @property
     def forward_chain(self) -> Chain:
-        pieces: list[Piece] = [Established(), Allows(self.allows, PortMatch.PUBLISHED)]
+        return Chain(Role.FORWARD, self._judged(PortMatch.PUBLISHED))
+
+    @property
+    def proxy_chain(self) -> Chain:
+        return Chain(Role.PROXY, self._judged(PortMatch.DESTINATION))
+
+    def _judged(self, port: PortMatch) -> tuple[Piece, ...]:
+        pieces: list[Piece] = [Established(), Allows(self.allows, port)]
         if self.log_dropped:
             pieces.append(LogDrops())
-        pieces.append(Default(self.default))
-        return Chain(Role.FORWARD, tuple(pieces))
+        return (*pieces, Default(self.default))
 
     @property
     def chains(self) -> tuple[Chain, ...]:
         """Every chain to install, in order."""
-        return (self.forward_chain,) if self.host is None else (self.forward_chain, self.host.chain)
+        chains = [self.forward_chain]
+        dispatch: list[Piece] = []
+        if self.published is not None:
+            dispatch.append(ToProxy(self.published))
+            chains.append(self.proxy_chain)
+        if self.host is not None:
+            dispatch.append(ToHost())
+            chains.append(self.host.chain)
+        if dispatch:
+            chains.insert(1, Chain(Role.INPUT, tuple(dispatch)))
+        return tuple(chains)
 
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
         return Allows(self.allows, PortMatch.PUBLISHED).rules_for(family, proto)

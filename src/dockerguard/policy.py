@@ -100,6 +100,8 @@ class Policy:
     allow: tuple[Allow, ...] = ()
     host: HostPolicy | None = None
     docker_socket: str = DEFAULT_DOCKER_SOCKET
+    # Judge connections addressed to the host itself on published ports (docker-proxy's path) too.
+    filter_proxy_path: bool = True
     path: str | None = None
 
     @property
@@ -147,7 +149,7 @@ class _Validator:
     """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
 
     TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host",
-                "docker_socket")
+                "docker_socket", "filter_proxy_path")
     ALLOW_KEYS = ("ports", "proto", "sources", "comment", "container", "labels", "container_ports")
     HOST_KEYS = ("allow", "icmp_echo", "default")
 
@@ -166,9 +168,8 @@ class _Validator:
         except UsageError:
             raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}") from None
         default = self._verdict(raw, ())
-        log_dropped = raw.get("log_dropped", False)
-        if not isinstance(log_dropped, bool):
-            raise self.fail(("log_dropped",), f"expected true or false, got {log_dropped!r}")
+        log_dropped = self._bool(raw, "log_dropped", False)
+        filter_proxy_path = self._bool(raw, "filter_proxy_path", True)
         sets = self._sets(raw.get("sets", {}))
         set_names = {address_set.name for address_set in sets}
         allow = self._allow_list(raw, (), set_names)
@@ -182,8 +183,15 @@ class _Validator:
             allow=allow,
             host=host,
             docker_socket=self._socket(raw.get("docker_socket", DEFAULT_DOCKER_SOCKET)),
+            filter_proxy_path=filter_proxy_path,
             path=None if self.filename.startswith("<") else self.filename,
         )
+
+    def _bool(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail((key,), f"expected true or false, got {value!r}")
+        return value
 
     def _verdict(self, table: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         default = table.get("default", "drop")

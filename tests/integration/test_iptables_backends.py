@@ -246,12 +246,14 @@ def test_host_section_guards_input(netns: str, name: str) -> None:
     engine.apply(HOST, guard=False)  # the rules, not the lock-out guard (test_host_guard.py), are tested here
     v6 = save(flavour, 6)
     assert chain(v6, "INPUT")[0] == "-A INPUT -i eth0 -m comment --comment dockerguard -j DOCKERGUARD-INPUT"
-    assert any("--icmpv6-type 135" in line for line in chain(v6, "DOCKERGUARD-INPUT"))  # neighbour discovery
+    assert chain(v6, "DOCKERGUARD-INPUT")[-1].endswith("-g DOCKERGUARD-HOST")  # after the published ports
+    assert any("--icmpv6-type 135" in line for line in chain(v6, "DOCKERGUARD-HOST"))  # neighbour discovery
     assert any("-s 192.0.2.10/32 -p tcp -m tcp --dport 22" in line for line in chain(save(flavour, 4),
-                                                                                       "DOCKERGUARD-INPUT"))
+                                                                                       "DOCKERGUARD-HOST"))
     assert not engine.apply(HOST, guard=False).changed
-    engine.apply(CLASSIC, guard=False)  # no [host] any more: the INPUT side goes
-    assert "DOCKERGUARD-INPUT" not in save(flavour, 4)
+    engine.apply(CLASSIC, guard=False)  # no [host] any more: only docker-proxy's path stays on INPUT
+    assert "DOCKERGUARD-HOST" not in save(flavour, 4)
+    assert not any("DOCKERGUARD-HOST" in line for line in chain(save(flavour, 4), "DOCKERGUARD-INPUT"))
     engine.remove()
     assert saves(flavour) == before
 

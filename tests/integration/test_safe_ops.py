@@ -290,13 +290,13 @@ def test_second_confirm_apply_is_refused_while_one_is_pending(ns: Netns) -> None
 def test_status_warns_about_forward_chains_that_run_before_ours(ns: Netns) -> None:
     ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
     first = json.loads(ns.cli("status", "--backend", "nft", "--json").stdout)
-    assert [finding["level"] for finding in first["path"]] == ["ok"]
+    assert [finding["level"] for finding in first["path"]] == ["ok", "ok"]  # forward and input hooks
     ns.run("nft", "add table ip early; add chain ip early fw { type filter hook forward priority -10; }")
     status = ns.cli("status", "--backend", "nft", "-c", ns.policy(POLICY_A))
     assert "warning: ip early chain fw (forward hook, priority -10) runs before ours" in " ".join(status.stdout.split())
     assert "in sync" in status.stdout
     data = json.loads(ns.cli("status", "--backend", "nft", "--json").stdout)
-    assert [finding["level"] for finding in data["path"]] == ["warning"]
+    assert [finding["level"] for finding in data["path"]] == ["warning", "ok"]  # the input hook has no rival
     assert [rule["description"] for rule in data["installed"]["rules"]][-1] == "default drop -> drop"
 
 

@@ -59,7 +59,9 @@ def test_engine_diff_on_the_fake_backend() -> None:
     engine.apply(POLICY)
     assert engine.diff(POLICY).changes == ()
     changes = engine.diff(OTHER).changes
-    assert [change.op for change in changes] == ["-", "-", "+", "+"]  # one rule per address family
+    # one rule per address family, in the forward and in the proxy chain
+    assert [change.op for change in changes] == ["-", "-", "+", "+"] * 2
+    assert [change.where for change in changes] == ["external"] * 4 + ["proxy"] * 4
     assert all(("443" in c.what) == (c.op == "-") for c in changes)
     assert fake.transactions == 1  # diff never writes
 

@@ -28,13 +28,17 @@ EXAMPLE_CONTAINERS = [
 ]
 
 
+# What the examples' host publishes: their docker-proxy path (INPUT) is judged too.
+EXAMPLE_PUBLISHED = {("tcp", 8080), ("tcp", 8443), ("tcp", 9090), ("tcp", 9000), ("tcp", 9001), ("udp", 5353)}
+
+
 def render_example(backend: str, example: Path) -> str:
     policy = load_policy(example)
     if policy.uses_containers:  # render against a fixed set of running containers
         policy, _ = resolve_containers(policy, EXAMPLE_CONTAINERS)
     cls = driver_class(backend)
     driver: Backend = cls(live=False) if issubclass(cls, IptablesDriver) else cls()
-    return driver.render(compile_policy(policy)).text
+    return driver.render(compile_policy(policy, EXAMPLE_PUBLISHED)).text
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"
 V4, V6 = Family.IPV4, Family.IPV6
-CLASSIC = compile_policy(load_policy(ROOT / "examples" / "classic.toml"))
+# The DOCKER-USER mechanics below are shown on the forward chain alone; the INPUT side (docker-proxy's
+# path, [host]) has tests of its own and is part of the transition matrix.
+CLASSIC = replace(compile_policy(load_policy(ROOT / "examples" / "classic.toml")), published=None)
 JUMP_ETH0 = (rules.USER_CHAIN, 1, "-i eth0 -m comment --comment dockerguard -j DOCKERGUARD")
 
 
@@ -118,12 +121,33 @@ def test_host_rules_follow_the_nft_driver() -> None:
     assert "icmp6-port-unreachable" in v6[-1] and "ipv6-icmp -m icmp6 --icmpv6-type 128" in v6[5]
 
 
-def test_host_section_adds_an_input_chain_and_jumps() -> None:
+def test_input_chains_are_jumped_to_from_input_per_interface() -> None:
     target = rules.target_layout(ruleset('external_interfaces = ["eth0", "eth1"]\n[host]\n'), V4)
-    assert [name for name, _ in target.chains] == ["DOCKERGUARD", "DOCKERGUARD-INPUT"]
+    assert [name for name, _ in target.chains] == ["DOCKERGUARD", "DOCKERGUARD-HOST", "DOCKERGUARD-INPUT",
+                                                   "DOCKERGUARD-PROXY"]
     assert [(chain, position) for chain, position, _ in target.managed] == [
         ("DOCKER-USER", 1), ("DOCKER-USER", 2), ("FORWARD", 1), ("INPUT", 1), ("INPUT", 2)]
     assert not any(chain == "INPUT" for chain, _, _ in rules.target_layout(CLASSIC, V4).managed)
+
+
+def test_published_ports_go_to_the_proxy_chain_and_the_rest_to_host() -> None:
+    policy = parse_policy('[[allow]]\nports = [8080]\nsources = ["198.51.100.9"]\n[host]\n')
+    published = [("tcp", port) for port in (*range(9000, 9005), 8080, 8443, *range(20000, 20011))]
+    target = rules.target_layout(compile_policy(policy, [*published, ("udp", 5353)]), V4)
+    dispatch = dict(target.chains)["DOCKERGUARD-INPUT"]
+    goto = "-g DOCKERGUARD-PROXY"
+    assert dispatch == (
+        f'-p tcp -m multiport --dports 8080,8443,9000:9004,20000:20010 -m comment --comment "published tcp ports" '
+        f"{goto}",
+        f'-p udp -m multiport --dports 5353 -m comment --comment "published udp ports" {goto}',
+        '-m comment --comment "everything else" -g DOCKERGUARD-HOST')
+    proxy = dict(target.chains)["DOCKERGUARD-PROXY"]
+    assert "-s 198.51.100.9/32 -p tcp -m tcp --dport 8080 -m comment --comment \"allow tcp\" -j RETURN" in proxy
+    assert proxy[-1] == '-m comment --comment "default drop" -j DROP'
+    many = rules.target_layout(compile_policy(policy, [("tcp", port) for port in range(1000, 1040, 2)]), V4)
+    assert [spec.count(",") for spec in dict(many.chains)["DOCKERGUARD-INPUT"][:2]] == [14, 4]  # 15 + 5 ports
+    off = rules.target_layout(compile_policy(parse_policy("filter_proxy_path = false\n")), V4)
+    assert [name for name, _ in off.chains] == ["DOCKERGUARD"]
 
 
 # -- the canonical spelling -----------------------------------------------------------------------
@@ -253,7 +277,7 @@ def test_in_place_jumps_are_left_alone() -> None:
 
 
 def test_changed_interfaces_replace_the_jumps() -> None:
-    target = rules.target_layout(ruleset('external_interfaces = ["eth1", "wan0"]\n'), V4)
+    target = rules.target_layout(replace(ruleset('external_interfaces = ["eth1", "wan0"]\n'), published=None), V4)
     lines = transition(layout(("FORWARD", 1, FORWARD_JUMP), JUMP_ETH0, chains=dict(TARGET.chains)), target)
     assert "-D DOCKER-USER -i eth0 -m comment --comment dockerguard -j DOCKERGUARD" in lines
     assert lines[-2:] == ["-I DOCKER-USER 1 -i eth1 -m comment --comment dockerguard -j DOCKERGUARD",
@@ -309,7 +333,7 @@ def simulate(table: FilterTable, lines: Iterable[str]) -> FilterTable:
         elif command == "-F":
             chains[chain] = []
         elif command == "-X":
-            assert not chains[chain] and not any(re.search(rf"-j {chain}$", spec)
+            assert not chains[chain] and not any(re.search(rf"-[jg] {chain}$", spec)
                                                  for specs in chains.values() for spec in specs), line
             del chains[chain]
     return FilterTable(tuple(chains), tuple(SavedRule(name, spec) for name, specs in chains.items() for spec in specs))
@@ -331,6 +355,7 @@ STARTS = {
 }
 POLICIES = {
     "classic": CLASSIC,
+    "proxy": compile_policy(parse_policy('[[allow]]\nports = [8080]\n'), [("tcp", 8080), ("udp", 53)]),
     "two-ifaces-host": ruleset('external_interfaces = ["eth0", "eth1"]\ndefault = "reject"\n[host]\n'),
 }
 

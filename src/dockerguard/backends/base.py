@@ -7,7 +7,6 @@ remove its own objects. Drivers never print and never hold UI text beyond error 
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -120,7 +119,11 @@ class Backend(ABC):
         raise UsageError(f"backend {self.name!r} has no persistent file format")
 
     def is_host_chain(self, chain: str) -> bool:
-        """Does this chain (as named in InstalledState) hold [host] (INPUT-side) rules?"""
+        """Does this chain (as named in InstalledState) hold the [host] section's rules?"""
+        return False
+
+    def is_host_set(self, name: str) -> bool:
+        """Does this set (as named in InstalledState) belong to the [host] section?"""
         return False
 
     def host_part(self, state: InstalledState | None) -> tuple[object, ...]:
@@ -128,10 +131,8 @@ class Backend(ABC):
         if state is None:
             return ()
         rules = tuple(rule for rule in state.rules if self.is_host_chain(rule.chain))
-        hooks = tuple(hook for hook in state.hooks
-                      if any(self.is_host_chain(word) for word in re.split(r"[\s:]+", hook)))
-        sets = tuple(item for item in state.sets if item[0].startswith("host_"))
-        return (rules, hooks, sets) if rules or hooks or sets else ()
+        sets = tuple(item for item in state.sets if self.is_host_set(item[0]))
+        return (rules, sets) if rules or sets else ()
 
     def path_report(self) -> tuple[PathFinding, ...]:
         """Is our hook first in the packet's path? Drivers that can check override this; the default

@@ -11,22 +11,27 @@ from collections.abc import Sequence
 
 from ..model import Family, Role
 
-LOG_PREFIX = "dockerguard-drop: "  # on log lines of what the forward chain's default refuses
 COMMENT = "dockerguard"  # marks the jumps we place in chains that are not ours
+# On log lines of what a chain's default refuses, per role; kernel logs cut prefixes at 29 characters.
+LOG_PREFIX = {Role.FORWARD: "dockerguard-drop: ", Role.PROXY: "dockerguard-proxy-drop: ",
+              Role.HOST: "dockerguard-host-drop: "}
 
 # -- native nftables: one table of our own ------------------------------------------------------------
 NFT_TABLE = "dockerguard"  # `table inet dockerguard`
 NFT_PRIORITY = -1  # "filter - 1": before iptables-nft's and Docker's filter chains at priority 0
-NFT_HOOK = {Role.FORWARD: "forward", Role.HOST: "input"}  # base chains are named after their hook
-NFT_CHAIN = {Role.FORWARD: "external", Role.HOST: "host"}  # the judging chain the base chain jumps to
-NFT_SET_PREFIX = {Role.FORWARD: "allow", Role.HOST: "host"}  # allow_v4_tcp, host_v6_udp, ...
+# Roles entered from a hook get a base chain named after the hook (`Role.hook`), which jumps here:
+NFT_CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host"}
+# allow_v4_tcp, host_v6_udp, ...: FORWARD and PROXY judge the same (source, port) pairs, so share sets.
+NFT_SET_PREFIX = {Role.FORWARD: "allow", Role.PROXY: "allow", Role.HOST: "host"}
+NFT_PUBLISHED_SET = "published"  # published_tcp, published_udp: the ports whose INPUT path is judged
 
 # -- iptables (both flavours): our chains in table filter, jumped to from chains we do not own ----------
-IPTABLES_CHAIN = {Role.FORWARD: "DOCKERGUARD", Role.HOST: "DOCKERGUARD-INPUT"}
-IPTABLES_ENTRY = {Role.FORWARD: "DOCKER-USER", Role.HOST: "INPUT"}  # where the jumps to our chains sit
+IPTABLES_CHAIN = {Role.FORWARD: "DOCKERGUARD", Role.INPUT: "DOCKERGUARD-INPUT", Role.PROXY: "DOCKERGUARD-PROXY",
+                  Role.HOST: "DOCKERGUARD-HOST"}
+IPTABLES_ENTRY = {Role.FORWARD: "DOCKER-USER", Role.INPUT: "INPUT"}  # where the jumps to our chains sit
 
-# What the jump into a role's chain says about the traffic it judges ("judge forwarded traffic ...").
-ROLE_TRAFFIC = {Role.FORWARD: "forwarded", Role.HOST: "host"}
+# What the jump into a hook's chain says about the traffic it judges ("judge forwarded traffic ...").
+ROLE_TRAFFIC = {Role.FORWARD: "forwarded", Role.INPUT: "host"}
 
 TOOL_TIMEOUT = 30.0
 

@@ -16,7 +16,7 @@ from ..model import Allows, Default, LogDrops, Piece, Role, Ruleset
 from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
 
 _SNAKE = re.compile(r"(?<=[a-z])(?=[A-Z])")
-CHAIN = {Role.FORWARD: "external", Role.HOST: "host"}
+CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host"}
 
 
 def _describe(piece: Piece) -> list[str]:

@@ -100,7 +100,7 @@ class IptablesDriver(Backend):
 
     # -- Backend ---------------------------------------------------------------------------------
     def is_host_chain(self, chain: str) -> bool:
-        return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-INPUT"
+        return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-HOST"
 
     def render(self, ruleset: Ruleset) -> Rendered:
         assumed, note = self._assumed()
@@ -225,7 +225,7 @@ def _path_findings(label: str, layout: Layout, other: str, other_table: rules.Fi
         findings.append(PathFinding("warning", f"{label}: FORWARD jumps to DOCKER-USER at rule(s) "
                                                f"{', '.join(map(str, forward))}; the rules before decide first"))
     ours = {name for name, _ in layout.chains}
-    for chain, guard in ((rules.USER_CHAIN, rules.GUARD_CHAIN), (rules.INPUT_CHAIN, rules.HOST_CHAIN)):
+    for chain, guard in ((rules.USER_CHAIN, rules.GUARD_CHAIN), (rules.INPUT_CHAIN, rules.INBOUND_CHAIN)):
         positions = [position for where, position, spec in layout.managed
                      if where == chain and rules.jump_target(spec) == guard]
         if guard not in ours and not positions:

@@ -137,6 +137,7 @@ _CAPABILITY_RULES = (
     (Family.IPV4, "-p tcp -m tcp --dport 22 -j RETURN"),
     (Family.IPV4, "-m limit --limit 5/min --limit-burst 10 -j LOG --log-prefix probe"),
     (Family.IPV6, "-p tcp -j REJECT --reject-with tcp-reset"),
+    (Family.IPV6, "-p udp -m multiport --dports 53,8000:8100 -j RETURN"),
 )
 
 
@@ -196,15 +197,15 @@ def _rule(iptc: Any, table: Any, family: Family, spec: str) -> Any:
         if token == "!":
             negate, index = True, index + 1
             continue
-        if token in _RULE_ATTRIBUTES or token in ("-m", "-j"):
+        if token in _RULE_ATTRIBUTES or token in ("-m", "-j", "-g"):
             if index + 1 >= len(tokens):
                 raise ValueError(f"{token} without a value")
             value = tokens[index + 1]
             index += 2
             if token == "-m":
                 module = rule.create_match(value)
-            elif token == "-j":
-                module = rule.create_target(value)
+            elif token in ("-j", "-g"):
+                module = rule.create_target(value, goto=token == "-g")
             else:
                 if token == "-p":
                     value = _PROTOCOL_NUMBERS.get(value, value)

@@ -44,16 +44,21 @@ from ...model import (
     PortMatch,
     Role,
     Ruleset,
+    ToHost,
+    ToProxy,
     Verdict,
 )
+from ...net import PROTOCOLS, PortRange
 from ..base import InstalledRule, InstalledState
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 
 GUARD_CHAIN = IPTABLES_CHAIN[Role.FORWARD]  # DOCKERGUARD
-HOST_CHAIN = IPTABLES_CHAIN[Role.HOST]  # DOCKERGUARD-INPUT
-OUR_CHAINS = (GUARD_CHAIN, HOST_CHAIN)
-INPUT_CHAIN = IPTABLES_ENTRY[Role.HOST]
+INBOUND_CHAIN = IPTABLES_CHAIN[Role.INPUT]  # DOCKERGUARD-INPUT
+HOST_CHAIN = IPTABLES_CHAIN[Role.HOST]  # DOCKERGUARD-HOST
+OUR_CHAINS = tuple(sorted(IPTABLES_CHAIN.values()))
+INPUT_CHAIN = IPTABLES_ENTRY[Role.INPUT]
 USER_CHAIN = IPTABLES_ENTRY[Role.FORWARD]
+MULTIPORT_MAX = 15  # ports per multiport match; a range counts as two
 FORWARD_CHAIN = "FORWARD"
 # Exactly Docker's spelling, so Docker's own `-C FORWARD -j DOCKER-USER` finds the jump we keep first.
 FORWARD_JUMP = f"-j {USER_CHAIN}"
@@ -187,24 +192,24 @@ def _with_comment(matches: str, comment: str, target: str) -> str:
     return f"{middle}-m comment --comment {save_string(sanitize_comment(comment))} {target}"
 
 
-def established(piece: Established, family: Family) -> list[str]:
+def established(piece: Established, chain: Chain, family: Family) -> list[str]:
     return [_with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")]
 
 
-def neighbour_discovery(piece: NeighbourDiscovery, family: Family) -> list[str]:
+def neighbour_discovery(piece: NeighbourDiscovery, chain: Chain, family: Family) -> list[str]:
     if family is not Family.IPV6:
         return []
     return [_with_comment(f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}", "ipv6 neighbour discovery", "-j RETURN")
             for kind in _ND_TYPES]
 
 
-def icmp_echo(piece: IcmpEcho, family: Family) -> list[str]:
+def icmp_echo(piece: IcmpEcho, chain: Chain, family: Family) -> list[str]:
     if family is Family.IPV4:
         return [_with_comment("-p icmp -m icmp --icmp-type 8", "icmp echo-request", "-j RETURN")]
     return [_with_comment("-p ipv6-icmp -m icmp6 --icmpv6-type 128", "icmpv6 echo-request", "-j RETURN")]
 
 
-def allows(piece: Allows, family: Family) -> list[str]:
+def allows(piece: Allows, chain: Chain, family: Family) -> list[str]:
     """One RETURN rule per (source network, port span) of each allow of `family`, in policy order.
     A published port is conntrack's original destination port (before Docker's DNAT)."""
     rules: list[str] = []
@@ -227,30 +232,60 @@ def _allow_rules(allow: AllowRule, port_match: PortMatch) -> list[str]:
     return rules
 
 
-def log_drops(piece: LogDrops, family: Family) -> list[str]:
-    return [_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX)}")]
+def log_drops(piece: LogDrops, chain: Chain, family: Family) -> list[str]:
+    return [_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX[chain.role])}")]
 
 
-def default(piece: Default, family: Family) -> list[str]:
+def default(piece: Default, chain: Chain, family: Family) -> list[str]:
     if piece.verdict is Verdict.REJECT:
         return [_with_comment("-p tcp", "default reject tcp", "-j REJECT --reject-with tcp-reset"),
                 _with_comment("", "default reject", f"-j REJECT --reject-with {_REJECT_WITH[family]}")]
     return [_with_comment("", "default drop", "-j DROP")]
 
 
-_PIECES: dict[type, Callable[[Any, Family], list[str]]] = {
+def to_proxy(piece: ToProxy, chain: Chain, family: Family) -> list[str]:
+    """Connections to published ports go (goto: the PROXY chain's RETURN goes back to INPUT, past the
+    rest of this chain) to the PROXY chain, in multiport matches of at most 15 ports."""
+    rules = []
+    for proto in PROTOCOLS:
+        for chunk in _multiport_chunks(piece.ports_of(proto)):
+            rules.append(_with_comment(f"-p {proto} -m multiport --dports {chunk}", f"published {proto} ports",
+                                       f"-g {IPTABLES_CHAIN[Role.PROXY]}"))
+    return rules
+
+
+def _multiport_chunks(ports: Sequence[PortRange]) -> list[str]:
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for span in ports:
+        item, cost = (str(span.first), 1) if span.first == span.last else (f"{span.first}:{span.last}", 2)
+        if used + cost > MULTIPORT_MAX:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(item)
+        used += cost
+    return [",".join(chunk) for chunk in chunks if chunk]
+
+
+def to_host(piece: ToHost, chain: Chain, family: Family) -> list[str]:
+    return [_with_comment("", "everything else", f"-g {IPTABLES_CHAIN[Role.HOST]}")]
+
+
+_PIECES: dict[type, Callable[[Any, Chain, Family], list[str]]] = {
     Established: established,
     NeighbourDiscovery: neighbour_discovery,
     IcmpEcho: icmp_echo,
     Allows: allows,
     LogDrops: log_drops,
     Default: default,
+    ToProxy: to_proxy,
+    ToHost: to_host,
 }
 
 
 def chain_rules(chain: Chain, family: Family) -> tuple[str, ...]:
-    """The rule specs of the role's chain (DOCKERGUARD, DOCKERGUARD-INPUT) for one family, without `-A`."""
-    return tuple(spec for piece in chain.pieces for spec in _PIECES[type(piece)](piece, family))
+    """The rule specs of the role's chain (DOCKERGUARD, DOCKERGUARD-INPUT, ...) for one family, without `-A`."""
+    return tuple(spec for piece in chain.pieces for spec in _PIECES[type(piece)](piece, chain, family))
 
 
 def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
@@ -306,14 +341,16 @@ BASELINE_NOTE = ("assumed live state (not read): DOCKER-USER exists, FORWARD jum
 
 
 def target_layout(ruleset: Ruleset, family: Family) -> Layout:
-    """Each chain of the ruleset as one of our chains, jumped to from the top of its entry chain
-    (DOCKER-USER, INPUT) once per external interface; FORWARD's jump to DOCKER-USER first."""
+    """Each chain of the ruleset as one of our chains; a role entered from a hook is jumped to from the
+    top of its entry chain (DOCKER-USER, INPUT) once per external interface. FORWARD's jump to
+    DOCKER-USER comes first."""
     managed: list[Managed] = [(FORWARD_CHAIN, 1, FORWARD_JUMP)]
     chains = []
     for chain in ruleset.chains:
         ours = IPTABLES_CHAIN[chain.role]
-        managed += [(IPTABLES_ENTRY[chain.role], index, canonical(jump_spec(interface, ours)))
-                    for index, interface in enumerate(ruleset.interfaces, start=1)]
+        if chain.role.hook is not None:
+            managed += [(IPTABLES_ENTRY[chain.role], index, canonical(jump_spec(interface, ours)))
+                        for index, interface in enumerate(ruleset.interfaces, start=1)]
         chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family))))
     return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)))
 
@@ -369,6 +406,8 @@ def layout_of(table: FilterTable) -> Layout:
     managed: list[Managed] = []
     foreign_user_rules = 0
     for chain in table.chains:
+        if chain in OUR_CHAINS:  # their gotos between each other are their content, not placed jumps
+            continue
         for position, rule in enumerate(table.chain(chain), start=1):
             if (chain == FORWARD_CHAIN and rule.spec == FORWARD_JUMP) or jump_target(rule.spec) in OUR_CHAINS:
                 managed.append((chain, position, rule.spec))
@@ -405,9 +444,9 @@ def transition(current: Layout, target: Layout) -> list[str]:
         lines += [f"-D {chain} {spec}" for _, _, spec in _in_chain(current.managed, chain)]
     for name, specs in target.chains:
         lines += [f"-A {name} {spec}" for spec in specs]
-    for name, _ in current.chains:
-        if name not in ours:
-            lines += [f"-F {name}", f"-X {name}"]  # every jump to it was deleted above
+    gone = [name for name, _ in current.chains if name not in ours]
+    # Every jump to them from other chains was deleted above; their gotos to each other go with -F.
+    lines += [f"-F {name}" for name in gone] + [f"-X {name}" for name in gone]
     for chain in changed:
         lines += [f"-I {chain} {position} {spec}" for _, position, spec in _in_chain(target.managed, chain)]
     if drop_user_chain:

@@ -14,7 +14,7 @@ from ...errors import StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
 from ...net import PortRange
 from ..base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
-from ..common import NFT_CHAIN, NFT_HOOK, NFT_TABLE
+from ..common import NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
 from .readback import path_findings, state_of
 from .render import REPLACE_TABLE, TABLE, Transaction, transaction
@@ -106,7 +106,10 @@ class NftBackend(Backend):
         self._send({"nftables": list(REPLACE_TABLE[:2])}, f"cannot delete table inet {NFT_TABLE}")
 
     def is_host_chain(self, chain: str) -> bool:
-        return chain in (NFT_HOOK[Role.HOST], NFT_CHAIN[Role.HOST])
+        return chain == NFT_CHAIN[Role.HOST]
+
+    def is_host_set(self, name: str) -> bool:
+        return name.startswith(f"{NFT_SET_PREFIX[Role.HOST]}_")
 
     def path_report(self) -> tuple[PathFinding, ...]:
         """Which other base chains on our hooks run before ours (all tables, read-only)."""

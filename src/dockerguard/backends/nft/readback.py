@@ -39,8 +39,9 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
 
 def _verdict(statements: list[dict[str, Any]]) -> str:
     last = statements[-1] if statements else {}
-    if "jump" in last:
-        return f"jump {last['jump']['target']}"
+    for verb in ("jump", "goto"):
+        if verb in last:
+            return f"{verb} {last[verb]['target']}"
     return next(iter(last), "?")
 
 
@@ -53,12 +54,15 @@ def _counter(statements: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def element_texts(elem: Any, loose_ipv6_prefixes: bool = False) -> list[str]:
-    """"203.0.113.0/24 . 80-80" strings for one set element, however nft chose to print it.
+    """"203.0.113.0/24 . 80-80" (or "80-80" in a port set) for one set element, however nft printed it.
 
     nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though the
     kernel holds the right one: with `loose_ipv6_prefixes` those prefix lengths are not compared."""
     if isinstance(elem, dict) and "elem" in elem:  # element with its own comment/counter
         elem = elem["elem"]["val"]
+    if not (isinstance(elem, dict) and "concat" in elem):  # a port set
+        first, last = _ports(elem)
+        return [f"{first}-{last}"]
     parts = elem["concat"]
     first, last = _ports(parts[1])
     networks = _networks(parts[0])

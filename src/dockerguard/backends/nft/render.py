@@ -1,10 +1,10 @@
 """Ruleset -> one libnftables JSON transaction on `table inet dockerguard`. Pure: no kernel access.
 
 The transaction replaces our table as a whole (add table; delete table; add table + contents), so other
-tables are never touched. Per `Chain` of the ruleset: a base chain on the role's hook at priority
-filter - 1 (before iptables-nft's and Docker's filter chains) jumps, for packets entering an external
-interface, to the role's judging chain, which holds one rule per piece. An accept here only ends our
-chain; a drop is final.
+tables are never touched. Per `Chain` of the ruleset, a regular chain holding one rule per piece; a role
+entered from a hook also gets a base chain on that hook at priority filter - 1 (before iptables-nft's
+and Docker's filter chains) that jumps there for packets entering an external interface. An accept here
+only ends our table's say (other tables' chains still run); a drop is final.
 """
 
 from __future__ import annotations
@@ -25,10 +25,22 @@ from ...model import (
     LogDrops,
     NeighbourDiscovery,
     PortMatch,
+    Role,
     Ruleset,
+    ToHost,
+    ToProxy,
     Verdict,
 )
-from ..common import LOG_PREFIX, NFT_CHAIN, NFT_HOOK, NFT_PRIORITY, NFT_SET_PREFIX, NFT_TABLE, ROLE_TRAFFIC
+from ...net import PROTOCOLS, PortRange
+from ..common import (
+    LOG_PREFIX,
+    NFT_CHAIN,
+    NFT_PRIORITY,
+    NFT_PUBLISHED_SET,
+    NFT_SET_PREFIX,
+    NFT_TABLE,
+    ROLE_TRAFFIC,
+)
 
 TABLE = {"family": "inet", "name": NFT_TABLE}
 # add + delete works whether or not the table exists; the second add starts it empty.
@@ -68,22 +80,25 @@ def transaction(ruleset: Ruleset) -> Transaction:
     rules: list[dict[str, Any]] = []
     for chain in ruleset.chains:
         chain_objects, chain_rules = _chain(chain, ruleset.interfaces)
-        objects += chain_objects
+        # FORWARD and PROXY share their allow sets: each set is added once.
+        objects += [item for item in chain_objects if item not in objects]
         rules += chain_rules
     return Transaction(REPLACE_TABLE, tuple(objects + [{"rule": rule} for rule in rules]))
 
 
 def _chain(chain: Chain, interfaces: tuple[str, ...]) -> Objects:
-    """The base chain on the role's hook, the judging chain it jumps to, and the pieces' sets and rules."""
-    hook, name = NFT_HOOK[chain.role], NFT_CHAIN[chain.role]
-    objects: list[dict[str, Any]] = [
-        {"chain": {**_in_table(), "name": hook, "type": "filter", "hook": hook, "prio": NFT_PRIORITY,
-                   "policy": "accept"}},
-        {"chain": {**_in_table(), "name": name}},
-    ]
-    rules = [_rule(hook, f"judge {ROLE_TRAFFIC[chain.role]} traffic entering external interfaces",
-                   _match({"meta": {"key": "iifname"}}, _set_or_value(list(interfaces))),
-                   _COUNTER, {"jump": {"target": name}})]
+    """The role's chain with its pieces' sets and rules, after the base chain on its hook (if any)
+    that jumps there."""
+    name, hook = NFT_CHAIN[chain.role], chain.role.hook
+    objects: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+    if hook is not None:
+        objects.append({"chain": {**_in_table(), "name": hook, "type": "filter", "hook": hook,
+                                  "prio": NFT_PRIORITY, "policy": "accept"}})
+        rules.append(_rule(hook, f"judge {ROLE_TRAFFIC[chain.role]} traffic entering external interfaces",
+                           _match({"meta": {"key": "iifname"}}, _set_or_value(list(interfaces))),
+                           _COUNTER, {"jump": {"target": name}}))
+    objects.append({"chain": {**_in_table(), "name": name}})
     for piece in chain.pieces:
         piece_objects, piece_rules = _PIECES[type(piece)](piece, chain)
         objects += piece_objects
@@ -131,7 +146,7 @@ def allows(piece: Allows, chain: Chain) -> Objects:
 
 def log_drops(piece: LogDrops, chain: Chain) -> Objects:
     return [], [_rule(NFT_CHAIN[chain.role], "log dropped", {"limit": {"rate": 5, "per": "minute", "burst": 10}},
-                      {"log": {"prefix": LOG_PREFIX}})]
+                      {"log": {"prefix": LOG_PREFIX[chain.role]}})]
 
 
 def default(piece: Default, chain: Chain) -> Objects:
@@ -143,6 +158,28 @@ def default(piece: Default, chain: Chain) -> Objects:
     return [], [_rule(name, "default drop", _COUNTER, {"drop": None})]
 
 
+def to_proxy(piece: ToProxy, chain: Chain) -> Objects:
+    """One port set per protocol (kept even when empty, so a container coming or going changes only its
+    elements), and a goto into the PROXY chain for connections to those ports."""
+    sets: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+    for proto in PROTOCOLS:
+        name = f"{NFT_PUBLISHED_SET}_{proto}"
+        ports = piece.ports_of(proto)
+        body: dict[str, Any] = {**_in_table(), "name": name, "type": "inet_service", "flags": ["interval"]}
+        if ports:
+            body["elem"] = [_port(span) for span in ports]
+        sets.append({"set": body})
+        rules.append(_rule(NFT_CHAIN[chain.role], f"published {proto} ports",
+                           _match({"payload": {"protocol": proto, "field": "dport"}}, f"@{name}"),
+                           _COUNTER, {"goto": {"target": NFT_CHAIN[Role.PROXY]}}))
+    return sets, rules
+
+
+def to_host(piece: ToHost, chain: Chain) -> Objects:
+    return [], [_rule(NFT_CHAIN[chain.role], "everything else", _COUNTER, {"goto": {"target": NFT_CHAIN[Role.HOST]}})]
+
+
 _PIECES: dict[type, Callable[[Any, Chain], Objects]] = {
     Established: established,
     NeighbourDiscovery: neighbour_discovery,
@@ -150,6 +187,8 @@ _PIECES: dict[type, Callable[[Any, Chain], Objects]] = {
     Allows: allows,
     LogDrops: log_drops,
     Default: default,
+    ToProxy: to_proxy,
+    ToHost: to_host,
 }
 
 
@@ -187,6 +226,8 @@ def _element(element: Element) -> dict[str, Any]:
     net = element.source
     address: Any = (str(net.network_address) if net.prefixlen == net.max_prefixlen
                     else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}})
-    span = element.ports
-    port: Any = span.first if span.first == span.last else {"range": [span.first, span.last]}
-    return {"concat": [address, port]}
+    return {"concat": [address, _port(element.ports)]}
+
+
+def _port(span: PortRange) -> Any:
+    return span.first if span.first == span.last else {"range": [span.first, span.last]}
