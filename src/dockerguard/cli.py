@@ -25,9 +25,10 @@ from rich.text import Text
 from . import __version__
 from .backends import BACKEND_CHOICES, check_backend_name, probe_all
 from .detect import detect
+from .docker import DockerClient
 from .engine import Engine, Status, Step
 from .errors import DockerguardError, UsageError
-from .policy import load_policy
+from .policy import DEFAULT_DOCKER_SOCKET, load_policy
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
@@ -270,11 +271,15 @@ def remove(backend: Optional[str] = BackendOption) -> None:
 
 
 @app.command()
-def backends(as_json: bool = JsonOption) -> None:
+def backends(
+    as_json: bool = JsonOption,
+    docker_socket: str = typer.Option(DEFAULT_DOCKER_SOCKET, "--docker-socket",
+                                      help="Docker API socket, asked which firewall backend Docker uses."),
+) -> None:
     """Probe every backend and show which one `auto` picks, and why."""
     probes = probe_all()
     try:
-        detection: Any = detect()
+        detection: Any = detect(DockerClient(docker_socket))
         decision = {"backend": detection.backend, "reason": detection.reason,
                     "evidence": dict(detection.evidence)}
     except DockerguardError as exc:
@@ -307,7 +312,6 @@ def watch(
     import signal
     import threading
 
-    from .docker import DockerClient
     from .watch import Watcher
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

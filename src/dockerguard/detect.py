@@ -4,6 +4,9 @@ dockerguard must write where Docker's rules are: a DOCKER-USER jump in the iptab
 does not use is never reached by Docker's traffic, or filters it a second time. So, in the spirit of
 kubernetes-sigs/iptables-wrappers, the facts are counted rather than guessed:
 
+0. Docker itself, when its API answers: since 29.0 `/info` names its firewall backend
+   (`FirewallBackend.Driver`: "nftables", "iptables", "iptables+firewalld"). "nftables" -> `nft`;
+   an iptables driver narrows the choice to the iptables flavours, decided as below.
 1. Docker's nftables firewall backend (`table ip docker-bridges` / `ip6 docker-bridges`) -> `nft`
    (there is no DOCKER-USER there; our own base chain runs first).
 2. Otherwise the iptables flavour holding Docker's chains and rules wins (IPv4 and IPv6 together);
@@ -11,7 +14,8 @@ kubernetes-sigs/iptables-wrappers, the facts are counted rather than guessed:
 3. Neither (Docker not started yet): the flavour `iptables --version` names, since dockerd will use
    that binary; no iptables at all -> `nft` if usable.
 
-`gather_facts()` reads the host (needs root for most of it); `decide(facts)` is pure.
+The reason of the decision names the evidence that decided. `gather_facts()` reads the host (needs root
+for most of it); `decide(facts)` is pure.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backends import driver_class
 from .backends.common import iptables_binary, run_tool
-from .errors import DetectionError
+from .docker import DockerClient
+from .errors import DetectionError, DockerUnavailable
 from .model import Family
 
 FLAVOURS = ("iptables-legacy", "iptables-nft")
@@ -69,6 +74,10 @@ class Facts:
     iptables_version: str | None  # `iptables --version`; None: no iptables binary
     nft_usable: bool
     nft_reason: str = ""
+    # What the Docker API's /info says: FirewallBackend.Driver (29+), "" for an older Docker that does not
+    # say, None when the API could not be asked (or no socket was given).
+    docker_firewall: str | None = None
+    docker_version: str = ""
 
 
 def count_docker_lines(save_text: str) -> int:
@@ -98,6 +107,17 @@ def decide(facts: Facts) -> Detection:
     legacy, nft = facts.counts.get("iptables-legacy"), facts.counts.get("iptables-nft")
     legacy_total = legacy.total if legacy else 0
     nft_total = nft.total if nft else 0
+    said = facts.docker_firewall
+    if said == "nftables":
+        return Detection("nft", f"Docker {facts.docker_version} says (API /info) that its firewall backend is "
+                                "nftables, which has no DOCKER-USER chain, so dockerguard uses its own nftables "
+                                "table.", evidence)
+    if said and said.startswith("iptables"):
+        # Docker uses iptables; which flavour is for the kernel evidence to tell (nft is not an option).
+        decided = decide(replace(facts, docker_firewall=None, docker_bridges=None, nft_usable=False,
+                                 nft_reason=f"Docker's firewall backend is {said}"))
+        return Detection(decided.backend, f"Docker {facts.docker_version} says (API /info) that its firewall "
+                                          f"backend is {said}; {decided.reason}", evidence)
     if facts.docker_bridges:
         stale = ""
         if legacy_total or nft_total:
@@ -141,7 +161,10 @@ def decide(facts: Facts) -> Detection:
 def _evidence(facts: Facts) -> tuple[tuple[str, str], ...]:
     bridges = ("unreadable" if facts.docker_bridges is None
                else ", ".join(facts.docker_bridges) or "none")
-    items = [("nftables docker-bridges tables", bridges)]
+    api = ("not asked" if facts.docker_firewall is None else
+           f"{facts.docker_firewall} (Docker {facts.docker_version})" if facts.docker_firewall else
+           f"not said (Docker {facts.docker_version or '?'}, before 29)")
+    items = [("Docker API firewall backend", api), ("nftables docker-bridges tables", bridges)]
     items += [(f"{flavour} Docker lines", str(counts)) for flavour, counts in facts.counts.items()]
     items.append(("iptables --version", facts.iptables_version or "not installed"))
     items.append(("nft backend", ("usable" if facts.nft_usable else "not usable")
@@ -154,12 +177,27 @@ def _count(value: int | None) -> str:
 
 
 # -- reading the host ------------------------------------------------------------------------------
-def gather_facts() -> Facts:
-    """Read-only look at the host: nft tables, both iptables flavours' dumps, `iptables --version`."""
+def gather_facts(docker: DockerClient | None = None) -> Facts:
+    """Read-only look at the host: Docker's /info (when `docker` is given and answers), nft tables,
+    both iptables flavours' dumps, `iptables --version`."""
     nft_probe = driver_class("nft").probe()
+    firewall, version = _docker_says(docker)
     return Facts(docker_bridges=_docker_bridges(), counts={flavour: _counts(flavour) for flavour in FLAVOURS},
                  iptables_version=_iptables_version(), nft_usable=nft_probe.available,
-                 nft_reason=nft_probe.reason)
+                 nft_reason=nft_probe.reason, docker_firewall=firewall, docker_version=version)
+
+
+def _docker_says(docker: DockerClient | None) -> tuple[str | None, str]:
+    """(FirewallBackend.Driver or "" if this Docker does not say, its version); (None, "") if unreachable."""
+    if docker is None:
+        return None, ""
+    try:
+        info = docker.info()
+    except DockerUnavailable:
+        return None, ""
+    backend = info.get("FirewallBackend")
+    driver = backend.get("Driver") if isinstance(backend, dict) else None
+    return (driver if isinstance(driver, str) else ""), str(info.get("ServerVersion", ""))
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
@@ -223,5 +261,5 @@ def _iptables_version() -> str | None:
     return proc.stdout.strip() or None
 
 
-def detect() -> Detection:
-    return decide(gather_facts())
+def detect(docker: DockerClient | None = None) -> Detection:
+    return decide(gather_facts(docker))

@@ -84,6 +84,13 @@ class DockerClient:
         connection.close()
         return True
 
+    def info(self) -> dict[str, Any]:
+        """The daemon's /info (since 29.0 it names its firewall backend: FirewallBackend.Driver)."""
+        info = self._get_json("/info")
+        if not isinstance(info, dict):
+            raise DockerUnavailable(f"Docker API /info answered {type(info).__name__}, not an object")
+        return info
+
     def containers(self) -> list[ContainerInfo]:
         """Running containers, with the host ports they publish."""
         return [_container(raw) for raw in self._get_json("/containers/json")]

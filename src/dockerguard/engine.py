@@ -39,7 +39,7 @@ from .errors import (
 )
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
-from .policy import Policy
+from .policy import DEFAULT_DOCKER_SOCKET, Policy
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
@@ -180,7 +180,8 @@ class Engine:
             if isinstance(requested, Backend):
                 self._resolved = (requested, None)
             elif requested == "auto":
-                detection = detect()
+                detection = detect(self._docker or DockerClient(
+                    policy.docker_socket if policy is not None else DEFAULT_DOCKER_SOCKET))
                 self._resolved = (get_backend(detection.backend), detection)
             else:
                 self._resolved = (get_backend(requested), None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dockerguard import DetectionError
@@ -119,9 +121,36 @@ def test_no_iptables_falls_back_to_nft() -> None:
 def test_evidence_lists_counts_and_versions() -> None:
     evidence = dict(decide(facts(Counts(12, 10))).evidence)
     assert evidence == {
+        "Docker API firewall backend": "not asked",
         "nftables docker-bridges tables": "none",
         "iptables-legacy Docker lines": "IPv4 12, IPv6 10",
         "iptables-nft Docker lines": "IPv4 0, IPv6 0",
         "iptables --version": NFT_VERSION,
         "nft backend": "usable: libnftables 1.0.6",
     }
+
+
+def test_docker_29_says_nftables_and_that_decides() -> None:
+    said = replace(facts(Counts(12, 10)), docker_firewall="nftables", docker_version="29.7.2")
+    detection = decide(said)
+    assert detection.backend == "nft"
+    assert detection.reason.startswith("Docker 29.7.2 says (API /info) that its firewall backend is nftables")
+    assert dict(detection.evidence)["Docker API firewall backend"] == "nftables (Docker 29.7.2)"
+
+
+@pytest.mark.parametrize("driver", ["iptables", "iptables+firewalld"])
+def test_docker_saying_iptables_leaves_the_flavour_to_the_kernel_evidence(driver: str) -> None:
+    said = replace(facts(NONE, Counts(8, 6)), docker_firewall=driver, docker_version="29.7.2",
+                   docker_bridges=("ip docker-bridges",))  # stale tables of an earlier nftables run
+    detection = decide(said)
+    assert detection.backend == "iptables-nft"
+    assert f"firewall backend is {driver}; Docker's rules (IPv4 8, IPv6 6) are in iptables-nft" in detection.reason
+    no_iptables = replace(said, counts={}, iptables_version=None)
+    with pytest.raises(DetectionError, match="no usable backend"):
+        decide(no_iptables)  # never nft when Docker says iptables
+
+
+def test_docker_before_29_does_not_say() -> None:
+    older = replace(facts(Counts(12, 10)), docker_firewall="", docker_version="28.5.2")
+    assert decide(older).backend == "iptables-legacy"
+    assert dict(decide(older).evidence)["Docker API firewall backend"] == "not said (Docker 28.5.2, before 29)"
