@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .audit import AuditReport
 from .backends import BACKEND_CHOICES, check_backend_name, probe_all
 from .detect import detect
 from .docker import DockerClient
@@ -259,6 +260,64 @@ def _print_status(result: Status) -> None:
     if result.diff is not None:
         for change in result.diff.changes:
             out.print(Text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
+
+
+@app.command()
+def audit(
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Who can reach each published port now, per family and path (forwarded / docker-proxy), against what
+    the policy allows. Exit 3 when a port is open to more sources than the policy allows."""
+    report = _engine(backend).audit(load_policy(config))
+    if as_json:
+        _print_json({"backend": report.backend, "in_sync": report.in_sync, "open": len(report.open),
+                     "reaches": [{**asdict(reach), "family": reach.family.value, "verdict": reach.verdict}
+                                 for reach in report.reaches],
+                     "unmentioned": [f"{port}/{proto}" for proto, port in report.unmentioned],
+                     "path": [asdict(finding) for finding in report.path],
+                     "evidence": dict(report.evidence)})
+    else:
+        _print_audit(report)
+    if report.open:
+        raise typer.Exit(3)
+
+
+def _print_audit(report: AuditReport) -> None:
+    table = Table("port", "family", "path", "reachable by", "policy allows", "verdict",
+                  title=f"published ports, backend {report.backend}")
+    for reach in report.reaches:
+        style = {"ok": "green", "OPEN": "bold red", "closed": "yellow"}[reach.verdict]
+        table.add_row(f"{reach.port}/{reach.proto}", f"ipv{reach.family.value}", reach.path,
+                      _who(reach.reachable) + (f" ({reach.note})" if reach.note else ""), _who(reach.allowed),
+                      Text(reach.verdict, style=style))
+    out.print(table)
+    if not report.reaches:
+        out.print("no published ports found (evidence below)")
+    for proto, port in report.unmentioned:
+        out.print(f"{port}/{proto} is published but no allow entry mentions it: nobody may connect", soft_wrap=True)
+    for finding in report.path:
+        if finding.level == "warning":
+            out.print(Text(f"warning: {finding.message}", style="yellow"), soft_wrap=True)
+    if not report.in_sync:
+        out.print(Text("the installed rules differ from the policy (see `dockerguard diff`)", style="yellow"))
+    for source, said in report.evidence:
+        out.print(f"  {source}: {said}", style="dim", soft_wrap=True)
+    opened = len(report.open)
+    out.print(Text(f"{opened} path{'s are' if opened != 1 else ' is'} open beyond the policy", style="bold red")
+              if opened else Text("nothing is reachable beyond the policy", style="green"), soft_wrap=True)
+
+
+def _who(sources: Optional[tuple[str, ...]]) -> str:
+    if sources is None:
+        return "anyone (not filtered)"
+    if not sources:
+        return "nobody"
+    if any(source in ("0.0.0.0/0", "::/0") for source in sources):
+        return "anyone"
+    shown = ", ".join(sources[:4])
+    return shown + (f" (+{len(sources) - 4} more)" if len(sources) > 4 else "")
 
 
 @app.command()

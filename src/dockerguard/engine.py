@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import published
+from .audit import AuditReport, audit
 from .backends import Backend, InstalledState, PathFinding, Rendered, Snapshot, get_backend
 from .compiler import compile_policy
 from .containers import Resolution, resolve_containers
@@ -466,6 +467,17 @@ class Engine:
             state["state_error"] = str(exc)
         return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
                       backend.path_report(), diff, **state)
+
+    def audit(self, policy: Policy) -> AuditReport:
+        """Who can reach each published port under the installed rules, against what `policy` allows."""
+        backend, _ = self.backend(policy)
+        backend.ensure_available()
+        ruleset = self.compile(policy)
+        if not policy.filter_proxy_path:  # compile did not look for them
+            self.discovery = self._discover(lambda: (self._docker or DockerClient(policy.docker_socket)).containers())
+        installed = backend.installed()
+        return audit(backend.name, ruleset, backend.exposure(installed), self.discovery,
+                     in_sync=installed == backend.expected(ruleset), path=backend.path_report())
 
     def remove(self) -> bool:
         """Delete everything dockerguard installed with this backend; False if nothing was there.

@@ -39,10 +39,12 @@ _PROXY_ARG = re.compile(r"^--?(proto|host-port)(?:=(.*))?$")
 
 @dataclass(frozen=True)
 class Discovery:
-    """The published ports found, and per source what it said (or why it could not say)."""
+    """The published ports found, per source what it said (or why it could not say), and the host
+    addresses Docker binds each port to (only the Docker API tells those)."""
 
     ports: frozenset[Port] = frozenset()
     evidence: tuple[tuple[str, str], ...] = ()
+    bindings: tuple[tuple[Port, tuple[str, ...]], ...] = ()
 
     @property
     def by_protocol(self) -> dict[str, tuple[int, ...]]:
@@ -62,8 +64,9 @@ class _Collector:
     def failed(self, source: str, why: str) -> None:
         self.evidence.append((source, f"unreadable ({why})"))
 
-    def result(self) -> Discovery:
-        return Discovery(frozenset(self.ports), tuple(self.evidence))
+    def result(self, bindings: dict[Port, set[str]]) -> Discovery:
+        return Discovery(frozenset(self.ports), tuple(self.evidence),
+                         tuple(sorted((port, tuple(sorted(ips))) for port, ips in bindings.items())))
 
 
 # -- pure parsers ---------------------------------------------------------------------------------------
@@ -140,11 +143,17 @@ def parse_proxy_argv(argv: list[str]) -> Port | None:
 def discover(containers: Callable[[], list[ContainerInfo]] | None, *, proc: Path = Path("/proc")) -> Discovery:
     """Every source's published ports (see the module docstring). `containers` asks the Docker API."""
     found = _Collector()
+    bindings: dict[Port, set[str]] = {}
     if containers is not None:
         try:
-            found.add("Docker API", from_containers(containers()))
+            listed = containers()
         except DockerguardError as exc:
             found.failed("Docker API", str(exc))
+        else:
+            found.add("Docker API", from_containers(listed))
+            for container in listed:
+                for port in container.ports:
+                    bindings.setdefault((port.proto, port.host_port), set()).add(port.host_ip)
     for flavour in ("legacy", "nft"):
         for family in Family:
             binary = iptables_binary(flavour, family, "-save")
@@ -160,7 +169,7 @@ def discover(containers: Callable[[], list[ContainerInfo]] | None, *, proc: Path
         found.add("docker-proxy processes", _proxy_ports(proc))
     except OSError as exc:
         found.failed("docker-proxy processes", str(exc))
-    return found.result()
+    return found.result(bindings)
 
 
 def _nft_dnat(found: _Collector) -> set[Port]:

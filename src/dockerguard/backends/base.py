@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import BackendUnavailable, UsageError
-from ..model import Family, Ruleset
+from ..model import Family, Role, Ruleset
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,33 @@ class PathFinding:
 
     level: str
     message: str
+
+
+Span = tuple[str, int, int]  # (source network, first port, last port)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What installed rules let through, read back from an InstalledState (`dockerguard audit`).
+
+    `judged` are the (role, family) pairs whose chain is reached from its hook (or dispatch) and ends in
+    a default drop/reject; elsewhere dockerguard lets everything pass. `allowed[(role, family, proto)]`
+    are the (source, port range) pairs that pass new connections; `dispatched[(family, proto)]` the port
+    ranges the INPUT side sends to the PROXY chain."""
+
+    judged: frozenset[tuple[Role, Family]] = frozenset()
+    allowed: dict[tuple[Role, Family, str], tuple[Span, ...]] = field(default_factory=dict)
+    dispatched: dict[tuple[Family, str], tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+    def sources(self, role: Role, family: Family, proto: str, port: int) -> tuple[str, ...] | None:
+        """Who may open a connection to `port`; None: anyone (the path is not judged)."""
+        if (role, family) not in self.judged:
+            return None
+        if role is Role.PROXY and not any(first <= port <= last
+                                          for first, last in self.dispatched.get((family, proto), ())):
+            return None
+        return tuple(sorted({net for net, first, last in self.allowed.get((role, family, proto), ())
+                             if first <= port <= last}))
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,11 @@ class Backend(ABC):
         rules = tuple(rule for rule in state.rules if self.is_host_chain(rule.chain))
         sets = tuple(item for item in state.sets if self.is_host_set(item[0]))
         return (rules, sets) if rules or sets else ()
+
+    def exposure(self, state: InstalledState | None) -> Exposure:
+        """What `state` (read back from this driver) lets through; drivers that cannot tell say nothing
+        is judged, which audit reports as open."""
+        return Exposure()
 
     def path_report(self) -> tuple[PathFinding, ...]:
         """Is our hook first in the packet's path? Drivers that can check override this; the default

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from ...errors import TransactionError
 from ...model import Family, Ruleset
-from ..base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import iptables_binary, run_tool, tool_complaint
 from . import rules
 from .rules import Layout
@@ -99,6 +99,9 @@ class IptablesDriver(Backend):
         return {family: rules.layout_of(self.read_table(family)) for family in Family}
 
     # -- Backend ---------------------------------------------------------------------------------
+    def exposure(self, state: InstalledState | None) -> Exposure:
+        return rules.exposure_of(state)
+
     def is_host_chain(self, chain: str) -> bool:
         return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-HOST"
 

@@ -49,7 +49,7 @@ from ...model import (
     Verdict,
 )
 from ...net import PROTOCOLS, PortRange
-from ..base import InstalledRule, InstalledState
+from ..base import Exposure, InstalledRule, InstalledState, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 
 GUARD_CHAIN = IPTABLES_CHAIN[Role.FORWARD]  # DOCKERGUARD
@@ -510,3 +510,69 @@ def installed_state(backend: str, tables: Mapping[Family, FilterTable]) -> Insta
     if not any(layout.installed for layout in layouts.values()):
         return None
     return state(backend, layouts, tables)
+
+
+# -- what installed chains let through (dockerguard audit) --------------------------------------------
+def exposure_of(state: InstalledState | None) -> Exposure:
+    """Read our chains' specs back into an `Exposure`: which roles are reached (from their entry chain,
+    FORWARD's jump to DOCKER-USER first) and end in an unconditional drop/reject, the (source, port)
+    pairs their RETURN rules pass, and the ports DOCKERGUARD-INPUT sends to DOCKERGUARD-PROXY."""
+    if state is None:
+        return Exposure()
+    judged: set[tuple[Role, Family]] = set()
+    allowed: dict[tuple[Role, Family, str], list[Span]] = {}
+    dispatched: dict[tuple[Family, str], list[tuple[int, int]]] = {}
+    for family in Family:
+        label = family_label(family)
+        specs = {name: [rule.description for rule in state.rules if rule.chain == f"{label} {name}"]
+                 for name in OUR_CHAINS}
+        hooks = [hook[len(label) + 1:] for hook in state.hooks if hook.startswith(f"{label} ")]
+        entered = {
+            Role.FORWARD: f"{FORWARD_CHAIN} rule 1: {FORWARD_JUMP}" in hooks
+                          and any(h.startswith(f"{USER_CHAIN} rule ") and h.endswith(f"-j {GUARD_CHAIN}")
+                                  for h in hooks),
+            Role.PROXY: any(h.startswith(f"{INPUT_CHAIN} rule ") and h.endswith(f"-j {INBOUND_CHAIN}") for h in hooks),
+        }
+        for role, port_option in ((Role.FORWARD, "--ctorigdstport"), (Role.PROXY, "--dport")):
+            chain = specs[IPTABLES_CHAIN[role]]
+            if entered[role] and chain and _unconditional_refusal(chain[-1]):
+                judged.add((role, family))
+            for spec in chain:
+                options = _options(spec)
+                if options.get("-j") == "RETURN" and port_option in options and options.get("-p") in PROTOCOLS:
+                    source = options.get("-s", "0.0.0.0/0" if family is Family.IPV4 else "::/0")
+                    allowed.setdefault((role, family, options["-p"]), []).append(
+                        (source, *_port_span(options[port_option])))
+        for spec in specs[INBOUND_CHAIN]:
+            options = _options(spec)
+            if options.get("-g") == IPTABLES_CHAIN[Role.PROXY] and "--dports" in options:
+                dispatched.setdefault((family, options.get("-p", "")), []).extend(
+                    _port_span(item) for item in options["--dports"].split(","))
+    return Exposure(frozenset(judged), {key: tuple(spans) for key, spans in allowed.items()},
+                    {key: tuple(spans) for key, spans in dispatched.items()})
+
+
+def _options(spec: str) -> dict[str, str]:
+    """`-s NET -p tcp ... -j RETURN` -> {"-s": NET, "-p": "tcp", ..., "-j": "RETURN"} (negations: "!")."""
+    tokens = tokenize(spec)
+    options: dict[str, str] = {}
+    for index, token in enumerate(tokens):
+        if token.startswith("-") and index + 1 < len(tokens) and not tokens[index + 1].startswith("-"):
+            options[token] = "!" if index and tokens[index - 1] == "!" else tokens[index + 1]
+    return options
+
+
+def _unconditional_refusal(spec: str) -> bool:
+    """A DROP or REJECT that matches every packet (a comment matches everything)."""
+    tokens = tokenize(spec)
+    if "-j" not in tokens or tokens[tokens.index("-j") + 1:tokens.index("-j") + 2] not in (["DROP"], ["REJECT"]):
+        return False
+    matches = tokens[:tokens.index("-j")]
+    if matches[:2] == ["-m", "comment"] and len(matches) >= 4:
+        matches = matches[4:]
+    return not matches
+
+
+def _port_span(text: str) -> tuple[int, int]:
+    first, _, last = text.partition(":")
+    return int(first), int(last or first)

@@ -13,10 +13,10 @@ from typing import Any
 from ...errors import StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
 from ...net import PortRange
-from ..base import Backend, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
-from .readback import path_findings, state_of
+from .readback import exposure_of, path_findings, state_of
 from .render import REPLACE_TABLE, TABLE, Transaction, transaction
 
 _OBJECT_KINDS = ("chain", "set", "rule")
@@ -104,6 +104,9 @@ class NftBackend(Backend):
 
     def remove(self) -> None:
         self._send({"nftables": list(REPLACE_TABLE[:2])}, f"cannot delete table inet {NFT_TABLE}")
+
+    def exposure(self, state: InstalledState | None) -> Exposure:
+        return exposure_of(state)
 
     def is_host_chain(self, chain: str) -> bool:
         return chain == NFT_CHAIN[Role.HOST]

@@ -9,8 +9,10 @@ import re
 import socket
 from typing import Any
 
-from ..base import InstalledRule, InstalledState, PathFinding
-from ..common import NFT_TABLE
+from ...model import Family, Role
+from ...net import PROTOCOLS
+from ..base import Exposure, InstalledRule, InstalledState, PathFinding, Span
+from ..common import NFT_CHAIN, NFT_PUBLISHED_SET, NFT_SET_PREFIX, NFT_TABLE
 
 
 def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
@@ -120,3 +122,45 @@ def path_findings(chains: list[dict[str, Any]]) -> tuple[PathFinding, ...]:
             findings.append(PathFinding("ok", f"chain {chain['name']} ({hook} hook, priority {prio}) runs first "
                                               f"of {len(others) + 1} {hook}-hook base chains"))
     return tuple(findings)
+
+
+def exposure_of(state: InstalledState | None) -> Exposure:
+    """What our installed table lets through (see `Exposure`), from its read-back state."""
+    if state is None:
+        return Exposure()
+    rules = {(rule.chain, rule.description) for rule in state.rules}
+    chains = {chain for chain, _ in rules}
+    sets = dict(state.sets)
+
+    def has(chain: str, description: str) -> bool:
+        return (chain, description) in rules
+
+    def decides(role: Role) -> bool:
+        return any(chain == NFT_CHAIN[role] and text.startswith("default ") for chain, text in rules)
+
+    judged: set[tuple[Role, Family]] = set()
+    forward_hook = any(hook.startswith("chain forward: filter hook forward") for hook in state.hooks)
+    if forward_hook and has("forward", f"judge forwarded traffic entering external interfaces -> jump "
+                                       f"{NFT_CHAIN[Role.FORWARD]}") and decides(Role.FORWARD):
+        judged |= {(Role.FORWARD, family) for family in Family}
+    input_hook = any(hook.startswith("chain input: filter hook input") for hook in state.hooks)
+    if input_hook and NFT_CHAIN[Role.INPUT] in chains and decides(Role.PROXY):
+        judged |= {(Role.PROXY, family) for family in Family}
+    allowed: dict[tuple[Role, Family, str], tuple[Span, ...]] = {}
+    dispatched: dict[tuple[Family, str], tuple[tuple[int, int], ...]] = {}
+    for proto in PROTOCOLS:
+        if has(NFT_CHAIN[Role.INPUT], f"published {proto} ports -> goto {NFT_CHAIN[Role.PROXY]}"):
+            ports = tuple(_span(text) for text in sets.get(f"{NFT_PUBLISHED_SET}_{proto}", ()))
+            dispatched.update({(family, proto): ports for family in Family})
+        for family in Family:
+            for role in (Role.FORWARD, Role.PROXY):
+                if has(NFT_CHAIN[role], f"allow {proto} ipv{family.value} -> accept"):
+                    name = f"{NFT_SET_PREFIX[role]}_v{family.value}_{proto}"
+                    allowed[(role, family, proto)] = tuple(
+                        (net, *_span(ports)) for net, ports in (text.split(" . ") for text in sets.get(name, ())))
+    return Exposure(frozenset(judged), allowed, dispatched)
+
+
+def _span(text: str) -> tuple[int, int]:
+    first, last = text.split("-")
+    return int(first), int(last)
