@@ -9,11 +9,11 @@ anyone through while the policy says otherwise is OPEN: `audit` exits 3.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from .backends import Exposure, PathFinding
 from .model import Family, Role, Ruleset
+from .net import AddressError, Cidr, network_of, parse_address
 from .published import Discovery, Port
 
 PATHS = {Role.FORWARD: "forward", Role.PROXY: "docker-proxy"}
@@ -90,8 +90,8 @@ def _binds(ip: str, family: Family) -> bool:
     if not ip:
         return True
     try:
-        return ipaddress.ip_address(ip).version == family.value
-    except ValueError:
+        return parse_address(ip)[0] == family.value
+    except AddressError:
         return True
 
 
@@ -100,11 +100,10 @@ def _covers(outer: tuple[str, ...] | None, inner: tuple[str, ...] | None) -> boo
     if outer is None:
         return True
     if inner is None:
-        return any(ipaddress.ip_network(net).prefixlen == 0 for net in outer)
-    networks = [ipaddress.ip_network(net) for net in outer]
-    return all(any(_within(ipaddress.ip_network(net), wide) for wide in networks) for net in inner)
+        return any(network_of(net).prefixlen == 0 for net in outer)
+    networks = [network_of(net) for net in outer]
+    return all(any(_within(network_of(net), wide) for wide in networks) for net in inner)
 
 
-def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
-            wide: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return net.version == wide.version and net.subnet_of(wide)  # type: ignore[arg-type]
+def _within(net: Cidr, wide: Cidr) -> bool:
+    return net.version == wide.version and wide.value <= net.value and net.last <= wide.last

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from .model import AllowRule, Family, HostRules, Ruleset, Verdict
-from .net import PROTOCOLS, Network, PortRange
+from .net import PROTOCOLS, Network, PortRange, collapse
 from .policy import Allow, Policy, SetRef
 
 
@@ -44,7 +43,7 @@ def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule,
         for family in Family:
             family_nets = [net for net in networks if net.version == family.value]
             if family_nets:
-                collapsed = tuple(ipaddress.collapse_addresses(family_nets))  # type: ignore[arg-type]
+                collapsed = collapse(family_nets)
                 rules.append(AllowRule(family, entry.proto, collapsed, ports, entry.comment))
     return tuple(rules)
 

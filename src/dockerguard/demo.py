@@ -14,7 +14,6 @@ Returns data (`DemoResult`); the CLI prints it.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from .backends import check_backend_name
 from .compiler import compile_policy
 from .errors import DemoError, UsageError
 from .model import Family, Ruleset
+from .net import parse_address
 from .policy import parse_policy
 from .sandbox import HOST_EXT_V4, HOST_EXT_V6, PUBLISHED, Probe, ProbeResult, Topology
 
@@ -148,11 +148,11 @@ def demo_ruleset() -> Ruleset:
 
 def lets_through(ruleset: Ruleset, source: str, proto: str, port: int) -> bool:
     """Whether a new connection from outside to a published host port passes `ruleset` (interfaces aside)."""
-    address = ipaddress.ip_address(source)
-    family = Family(address.version)
+    version, address = parse_address(source)
+    family = Family(version)
     return any(
         rule.family is family and rule.proto == proto
-        and any(address in net for net in rule.sources)
+        and any(net.contains(version, address) for net in rule.sources)
         and any(span.first <= port <= span.last for span in rule.ports)
         for rule in ruleset.allows
     )
@@ -165,7 +165,7 @@ def demo_checks(ruleset: Ruleset | None = None) -> tuple[Check, ...]:
     published = {(m.proto, m.host_port) for m in PUBLISHED}
     checks = []
     for source, label in SOURCES:
-        target = HOST_EXT_V4 if ipaddress.ip_address(source).version == 4 else HOST_EXT_V6
+        target = HOST_EXT_V4 if parse_address(source)[0] == 4 else HOST_EXT_V6
         for proto, port in PORTS:
             if (proto, port) not in published:
                 raise ValueError(f"{port}/{proto} is not published in the sandbox")

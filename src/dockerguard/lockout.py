@@ -7,7 +7,6 @@ table (pyroute2), since [host] rules only judge traffic entering an external int
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import subprocess
@@ -15,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .model import Family, Ruleset
+from .net import AddressError, format_address, parse_address
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,10 @@ def sessions_from_environment(environ: Mapping[str, str]) -> list[Session]:
     parts = environ.get("SSH_CONNECTION", "").split()
     if len(parts) == 4 and parts[3].isdigit():
         try:
-            return [Session(str(ipaddress.ip_address(parts[0])), int(parts[3]), "SSH_CONNECTION")]
-        except ValueError:
+            version, value = parse_address(parts[0])
+        except AddressError:
             return []
+        return [Session(format_address(version, value), int(parts[3]), "SSH_CONNECTION")]
     return []
 
 
@@ -98,9 +99,9 @@ def cut_sessions(ruleset: Ruleset, sessions: list[Session]) -> list[Session]:
     for session in sessions:
         if session.interface is not None and session.interface not in ruleset.interfaces:
             continue  # [host] rules do not judge this interface
-        peer = ipaddress.ip_address(session.peer)
-        family = Family.IPV4 if peer.version == 4 else Family.IPV6
-        allowed = any(peer in source and span.first <= session.local_port <= span.last
+        version, peer = parse_address(session.peer)
+        family = Family.IPV4 if version == 4 else Family.IPV6
+        allowed = any(source.contains(version, peer) and span.first <= session.local_port <= span.last
                       for rule in host.rules_for(family, "tcp") for source in rule.sources for span in rule.ports)
         if not allowed:
             cut.append(session)

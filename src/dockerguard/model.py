@@ -18,12 +18,11 @@ Chains by role, for packets entering an external interface::
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 from typing import Union
 
-from .net import Network, PortRange
+from .net import Network, PortRange, collapse
 
 
 class Family(Enum):
@@ -246,8 +245,8 @@ def disjoint_elements(rules: tuple[AllowRule, ...]) -> tuple[Element, ...]:
         if not covering:
             continue
         # The compiler already collapsed each rule's sources: only a mix of rules needs it again.
-        collapsed = covering[0].sources if len(covering) == 1 else tuple(
-            ipaddress.collapse_addresses(net for rule in covering for net in rule.sources))  # type: ignore[arg-type]
+        collapsed = covering[0].sources if len(covering) == 1 else collapse(
+            net for rule in covering for net in rule.sources)
         if pieces and pieces[-1][1] == collapsed and pieces[-1][0].last + 1 == first:
             pieces[-1] = (PortRange(pieces[-1][0].first, after - 1), collapsed)
         else:

@@ -6,7 +6,6 @@ report the line of a key, so it is looked up in the text) and the key.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, Union
 
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
-from .net import PROTOCOLS, Network, PortRange
+from .net import ANY, PROTOCOLS, AddressError, Network, PortRange, parse_network
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_VERDICTS = ("drop", "reject")
-ANY_SOURCE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+ANY_SOURCE = ANY
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
@@ -44,7 +43,7 @@ class SetRef:
         return f"@{self.name}"
 
 
-Source = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, SetRef]
+Source = Union[Network, SetRef]
 
 
 @dataclass(frozen=True)
@@ -332,15 +331,9 @@ class _Validator:
         if not isinstance(value, str):
             raise self.fail(key, f"expected an address or CIDR as a string, got {value!r}")
         try:
-            return ipaddress.ip_network(value.strip(), strict=True)
-        except ValueError:
-            pass
-        try:
-            ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise self.fail(key, f"invalid address or CIDR {value!r}") from None
-        raise self.fail(key, f"{value!r} has host bits set (did you mean "
-                             f"{ipaddress.ip_network(value.strip(), strict=False)}?)")
+            return parse_network(value.strip())
+        except AddressError as exc:
+            raise self.fail(key, str(exc)) from None
 
     def _no_unknown_keys(self, table: Mapping[str, Any], allowed: Sequence[str],
                          base: tuple[str | int, ...]) -> None:

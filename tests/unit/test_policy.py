@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
 
 from dockerguard import PolicyError, load_policy, parse_policy
+from dockerguard.net import parse_network
 from dockerguard.policy import ANY_SOURCE, PortRange, SetRef
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -40,13 +40,13 @@ def test_valid_policy_is_parsed_into_frozen_dataclasses() -> None:
     assert policy.external_interfaces == ("eth0", "ens3")
     assert policy.default == "reject"
     assert policy.log_dropped is True
-    assert policy.sets[0].networks == (ipaddress.ip_network("203.0.113.0/24"),
-                                       ipaddress.ip_network("2001:db8:1::/48"))
+    assert policy.sets[0].networks == (parse_network("203.0.113.0/24"),
+                                       parse_network("2001:db8:1::/48"))
     web, dns = policy.allow
     assert web.ports == (PortRange(80, 80), PortRange(443, 443), PortRange(8000, 8100))
     assert web.sources == ANY_SOURCE
     assert dns.proto == "udp"
-    assert dns.sources == (SetRef("office"), ipaddress.ip_network("198.51.100.7/32"))
+    assert dns.sources == (SetRef("office"), parse_network("198.51.100.7/32"))
     with pytest.raises(AttributeError):
         policy.backend = "auto"  # type: ignore[misc]
 
@@ -122,5 +122,5 @@ def test_host_section() -> None:
     policy = parse_policy('[host]\nicmp_echo = false\n[[host.allow]]\nports = [22]\nsources = ["198.51.100.0/24"]\n')
     assert policy.host is not None
     assert policy.host.icmp_echo is False and policy.host.default == "drop"
-    assert policy.host.allow[0].sources == (ipaddress.ip_network("198.51.100.0/24"),)
+    assert policy.host.allow[0].sources == (parse_network("198.51.100.0/24"),)
     assert parse_policy("").host is None

@@ -26,7 +26,6 @@ to what we render and to what `iptables-save` prints, so read-back compares like
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,7 @@ from ...model import (
     ToProxy,
     Verdict,
 )
-from ...net import PROTOCOLS, PortRange
+from ...net import PROTOCOLS, AddressError, PortRange, network_of
 from ..base import Exposure, InstalledRule, InstalledState, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 
@@ -162,8 +161,8 @@ def canonical(spec: str) -> str:
 
 def _network(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text, strict=False))
-    except ValueError:
+        return str(network_of(text))
+    except (AddressError, ValueError):
         return text
 
 

@@ -6,13 +6,12 @@ Every kernel call goes through an `NftClient`: libnftables by default, `FakeNftK
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
 from ...errors import StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
-from ...net import PortRange
+from ...net import PortRange, parse_network
 from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
@@ -175,4 +174,4 @@ def _checked_snapshot(data: Any) -> tuple[dict[str, Any], ...]:
 
 # One of each form we render, checked with the kernel (dry run) by probe().
 _PROBE_RULESET = Ruleset(("eth0",), Verdict.REJECT, True, (AllowRule(
-    Family.IPV4, "tcp", (ipaddress.ip_network("192.0.2.0/24"),), (PortRange(80, 81),), "probe"),))
+    Family.IPV4, "tcp", (parse_network("192.0.2.0/24"),), (PortRange(80, 81),), "probe"),))

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from typing import Any
 
 from ...model import Family, Role
-from ...net import PROTOCOLS
+from ...net import PROTOCOLS, parse_address, range_cidrs
 from ..base import Exposure, InstalledRule, InstalledState, PathFinding, Span
 from ..common import NFT_CHAIN, NFT_PUBLISHED_SET, NFT_SET_PREFIX, NFT_TABLE
 
@@ -75,15 +74,15 @@ def element_texts(elem: Any, loose_ipv6_prefixes: bool = False) -> list[str]:
 
 
 def _networks(value: Any) -> list[str]:
-    # Both nft and Python's ipaddress print addresses canonically, so the text is compared as it
+    # nft and dockerguard both print addresses with inet_ntop, so the text is compared as it
     # is (parsing 10,000 elements costs more than the kernel transaction).
     if isinstance(value, str):
         return [f"{value}/{128 if ':' in value else 32}"]
     if "prefix" in value:
         return [f"{value['prefix']['addr']}/{value['prefix']['len']}"]
     if "range" in value:
-        low, high = (ipaddress.ip_address(bound) for bound in value["range"])
-        return [str(net) for net in ipaddress.summarize_address_range(low, high)]  # type: ignore[arg-type]
+        (version, low), (_, high) = (parse_address(bound) for bound in value["range"])
+        return [str(net) for net in range_cidrs(version, low, high)]
     raise ValueError(f"unexpected set element address {value!r}")
 
 
