@@ -38,13 +38,12 @@ def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule,
     """One rule per entry and address family, sources resolved and collapsed, ports merged."""
     rules: list[AllowRule] = []
     for entry in entries:
-        networks = _resolve_sources(policy, entry)
+        collapsed = collapse(_resolve_sources(policy, entry))  # IPv4 first, then IPv6
         ports = _merge_ports(entry.ports)
-        for family in Family:
-            family_nets = [net for net in networks if net.version == family.value]
-            if family_nets:
-                collapsed = collapse(family_nets)
-                rules.append(AllowRule(family, entry.proto, collapsed, ports, entry.comment))
+        split = next((index for index, net in enumerate(collapsed) if net.version == 6), len(collapsed))
+        for family, networks in ((Family.IPV4, collapsed[:split]), (Family.IPV6, collapsed[split:])):
+            if networks:
+                rules.append(AllowRule(family, entry.proto, networks, ports, entry.comment))
     return tuple(rules)
 
 

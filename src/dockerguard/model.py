@@ -78,6 +78,25 @@ class Element:
     ports: PortRange
 
 
+@dataclass(frozen=True)
+class SourceGroup:
+    """The sources that share exactly the same ports (one family and protocol), collapsed: a backend
+    matches them as one source set and one port set, |sources| + |ports| elements instead of the product."""
+
+    sources: tuple[Network, ...]
+    ports: tuple[PortRange, ...]
+
+    @property
+    def factored(self) -> bool:
+        """Worth its own sets and rule: the (source, port) pairs would cost more elements than the
+        separate sets plus what one more rule weighs (FACTOR_COST elements)."""
+        pairs = len(self.sources) * len(self.ports)
+        return pairs > len(self.sources) + len(self.ports) + FACTOR_COST
+
+
+FACTOR_COST = 8
+
+
 # -- the pieces of a chain, in the order they are judged ---------------------------------------------
 @dataclass(frozen=True)
 class Established:
@@ -107,6 +126,21 @@ class Allows:
     def elements(self, family: Family, proto: str) -> tuple[Element, ...]:
         """Disjoint (network, port range) pairs covering exactly what this piece allows."""
         return disjoint_elements(self.rules_for(family, proto))
+
+    def groups(self, family: Family, proto: str) -> tuple[SourceGroup, ...]:
+        """The allows of one family and protocol, one group per distinct port list, in policy order."""
+        by_ports: dict[tuple[PortRange, ...], list[AllowRule]] = {}
+        for rule in self.rules_for(family, proto):
+            by_ports.setdefault(rule.ports, []).append(rule)
+        return tuple(SourceGroup(rules[0].sources if len(rules) == 1 else collapse(
+            net for rule in rules for net in rule.sources), ports) for ports, rules in by_ports.items())
+
+    def factored(self, family: Family, proto: str) -> tuple[tuple[SourceGroup, ...], tuple[Element, ...]]:
+        """(groups matched as a source set and a port set, disjoint pairs of all the other groups)."""
+        groups = self.groups(family, proto)
+        small = tuple(AllowRule(family, proto, group.sources, group.ports, "")
+                      for group in groups if not group.factored)
+        return tuple(group for group in groups if group.factored), disjoint_elements(small)
 
 
 @dataclass(frozen=True)

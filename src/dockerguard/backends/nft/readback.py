@@ -27,8 +27,10 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
                              f"priority {chain.get('prio')} policy {chain.get('policy')}")
         elif "set" in item:
             nft_set = item["set"]
+            kind = "port" if nft_set.get("type") == "inet_service" else (
+                "address" if isinstance(nft_set.get("type"), str) else "pair")
             elements = sorted({text for elem in nft_set.get("elem", [])
-                               for text in element_texts(elem, loose_ipv6_prefixes)})
+                               for text in element_texts(elem, loose_ipv6_prefixes, kind)})
             sets.append((nft_set["name"], tuple(elements)))
         elif "rule" in item:
             rule = item["rule"]
@@ -54,16 +56,19 @@ def _counter(statements: list[dict[str, Any]]) -> tuple[int, int]:
     return 0, 0
 
 
-def element_texts(elem: Any, loose_ipv6_prefixes: bool = False) -> list[str]:
-    """"203.0.113.0/24 . 80-80" (or "80-80" in a port set) for one set element, however nft printed it.
+def element_texts(elem: Any, loose_ipv6_prefixes: bool = False, kind: str = "pair") -> list[str]:
+    """One set element as text, however nft printed it: "203.0.113.0/24 . 80-80" in a (source . port)
+    set (`kind` "pair"), "80-80" in a port set, "203.0.113.0/24" in an address set.
 
     nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though the
     kernel holds the right one: with `loose_ipv6_prefixes` those prefix lengths are not compared."""
     if isinstance(elem, dict) and "elem" in elem:  # element with its own comment/counter
         elem = elem["elem"]["val"]
-    if not (isinstance(elem, dict) and "concat" in elem):  # a port set
+    if kind == "port":
         first, last = _ports(elem)
         return [f"{first}-{last}"]
+    if kind == "address":
+        return _networks(elem)
     parts = elem["concat"]
     first, last = _ports(parts[1])
     networks = _networks(parts[0])
@@ -153,10 +158,18 @@ def exposure_of(state: InstalledState | None) -> Exposure:
             dispatched.update({(family, proto): ports for family in Family})
         for family in Family:
             for role in (Role.FORWARD, Role.PROXY):
+                name = f"{NFT_SET_PREFIX[role]}_v{family.value}_{proto}"
+                spans: list[Span] = []
                 if has(NFT_CHAIN[role], f"allow {proto} ipv{family.value} -> accept"):
-                    name = f"{NFT_SET_PREFIX[role]}_v{family.value}_{proto}"
-                    allowed[(role, family, proto)] = tuple(
-                        (net, *_span(ports)) for net, ports in (text.split(" . ") for text in sets.get(name, ())))
+                    spans += [(net, *_span(ports)) for net, ports in (text.split(" . ") for text in sets.get(name, ()))]
+                for chain, text in rules:
+                    prefix = f"allow {proto} ipv{family.value} group "
+                    if chain == NFT_CHAIN[role] and text.startswith(prefix) and text.endswith(" -> accept"):
+                        group = f"{name}_{text[len(prefix):-len(' -> accept')]}"
+                        spans += [(net, *_span(ports)) for net in sets.get(group, ())
+                                  for ports in sets.get(f"{group}_ports", ())]
+                if spans:
+                    allowed[(role, family, proto)] = tuple(spans)
     return Exposure(frozenset(judged), allowed, dispatched)
 
 

@@ -9,12 +9,14 @@ only ends our table's say (other tables' chains still run); a drop is final.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ...model import (
+    AllowRule,
     Allows,
     Chain,
     Default,
@@ -31,7 +33,7 @@ from ...model import (
     ToProxy,
     Verdict,
 )
-from ...net import PROTOCOLS, PortRange
+from ...net import PROTOCOLS, Network, PortRange
 from ..common import (
     LOG_PREFIX,
     NFT_CHAIN,
@@ -78,10 +80,12 @@ class Transaction:
 def transaction(ruleset: Ruleset) -> Transaction:
     objects: list[dict[str, Any]] = []
     rules: list[dict[str, Any]] = []
+    added: set[str] = set()
     for chain in ruleset.chains:
         chain_objects, chain_rules = _chain(chain, ruleset.interfaces)
         # FORWARD and PROXY share their allow sets: each set is added once.
-        objects += [item for item in chain_objects if item not in objects]
+        objects += [item for item in chain_objects if "set" not in item or item["set"]["name"] not in added]
+        added.update(item["set"]["name"] for item in chain_objects if "set" in item)
         rules += chain_rules
     return Transaction(REPLACE_TABLE, tuple(objects + [{"rule": rule} for rule in rules]))
 
@@ -126,22 +130,53 @@ def icmp_echo(piece: IcmpEcho, chain: Chain) -> Objects:
 
 
 def allows(piece: Allows, chain: Chain) -> Objects:
-    """One two-field interval set (source . port) per family and protocol, and one rule matching it."""
-    sets: list[dict[str, Any]] = []
+    """Per family and protocol: sources sharing their ports with many others become a source set matched
+    with their port list (`SourceGroup.factored`), one rule each; all other (source, port) pairs go into one
+    two-field interval set (source . port) and one rule. FORWARD and PROXY share the sets."""
     rules: list[dict[str, Any]] = []
-    port = ({"ct": {"key": "proto-dst", "dir": "original"}} if piece.port is PortMatch.PUBLISHED
-            else None)
-    for family, proto, elements in _nonempty(piece):
-        set_name = f"{NFT_SET_PREFIX[chain.role]}_v{family.value}_{proto}"
-        sets.append(_set(set_name, family, elements))
-        source = {"payload": {"protocol": _PAYLOAD_PROTO[family], "field": "saddr"}}
+    chain_name = NFT_CHAIN[chain.role]
+    port = ({"ct": {"key": "proto-dst", "dir": "original"}} if piece.port is PortMatch.PUBLISHED else None)
+    sets, matches = _allow_sets(piece.rules, NFT_SET_PREFIX[chain.role])
+    for family, proto, comment, set_match in matches:
         destination = port or {"payload": {"protocol": proto, "field": "dport"}}
+        source = {"payload": {"protocol": _PAYLOAD_PROTO[family], "field": "saddr"}}
         # inet tables need the l4 protocol stated before `ct original proto-dst`.
-        rules.append(_rule(NFT_CHAIN[chain.role], f"allow {proto} ipv{family.value}",
-                           _match({"meta": {"key": "l4proto"}}, proto),
-                           _match({"concat": [source, destination]}, f"@{set_name}"),
-                           _COUNTER, {"accept": None}))
-    return sets, rules
+        l4proto = _match({"meta": {"key": "l4proto"}}, proto)
+        if isinstance(set_match, str):  # one (source . port) set
+            rules.append(_rule(chain_name, comment, l4proto, _match({"concat": [source, destination]}, set_match),
+                               _COUNTER, {"accept": None}))
+        else:  # a source set and its port set
+            rules.append(_rule(chain_name, comment, l4proto, _match(source, set_match[0]),
+                               _match(destination, set_match[1]), _COUNTER, {"accept": None}))
+    return list(sets), rules
+
+
+@functools.lru_cache(maxsize=4)
+def _allow_sets(rules: tuple[AllowRule, ...], prefix: str
+                ) -> tuple[tuple[dict[str, Any], ...], tuple[tuple[Family, str, str, Any], ...]]:
+    """The sets of some allows (built once for the chains that share them), and per rule to write:
+    (family, protocol, comment, "@pairs" or ("@sources", "@ports"))."""
+    piece = Allows(rules, PortMatch.PUBLISHED)
+    sets: list[dict[str, Any]] = []
+    matches: list[tuple[Family, str, str, Any]] = []
+    for proto in PROTOCOLS:
+        for family in Family:
+            groups, pairs = piece.factored(family, proto)
+            name = f"{prefix}_v{family.value}_{proto}"
+            if pairs:
+                sets.append({"set": {**_in_table(), "name": name, "type": [_ADDR_TYPE[family], "inet_service"],
+                                     "flags": ["interval"], "elem": [_element(element) for element in pairs]}})
+                matches.append((family, proto, f"allow {proto} ipv{family.value}", f"@{name}"))
+            for number, group in enumerate(groups, start=1):
+                # Named sets for the ports too (not an anonymous one in the rule): read-back and audit see them.
+                group_name = f"{name}_{number}"
+                sets += [{"set": {**_in_table(), "name": group_name, "type": _ADDR_TYPE[family], "flags": ["interval"],
+                                  "elem": [_address(net) for net in group.sources]}},
+                         {"set": {**_in_table(), "name": f"{group_name}_ports", "type": "inet_service",
+                                  "flags": ["interval"], "elem": [_port(span) for span in group.ports]}}]
+                matches.append((family, proto, f"allow {proto} ipv{family.value} group {number}",
+                                (f"@{group_name}", f"@{group_name}_ports")))
+    return tuple(sets), tuple(matches)
 
 
 def log_drops(piece: LogDrops, chain: Chain) -> Objects:
@@ -193,19 +228,6 @@ _PIECES: dict[type, Callable[[Any, Chain], Objects]] = {
 
 
 # -- JSON builders -------------------------------------------------------------------------------------
-def _nonempty(piece: Allows) -> Iterator[tuple[Family, str, tuple[Element, ...]]]:
-    for proto in ("tcp", "udp"):
-        for family in Family:
-            elements = piece.elements(family, proto)
-            if elements:
-                yield family, proto, elements
-
-
-def _set(name: str, family: Family, elements: tuple[Element, ...]) -> dict[str, Any]:
-    return {"set": {**_in_table(), "name": name, "type": [_ADDR_TYPE[family], "inet_service"],
-                    "flags": ["interval"], "elem": [_element(element) for element in elements]}}
-
-
 def _in_table() -> dict[str, str]:
     return {"family": "inet", "table": NFT_TABLE}
 
@@ -223,10 +245,13 @@ def _rule(chain: str, comment: str, *statements: dict[str, Any]) -> dict[str, An
 
 
 def _element(element: Element) -> dict[str, Any]:
-    net = element.source
-    address: Any = (str(net.network_address) if net.prefixlen == net.max_prefixlen
-                    else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}})
-    return {"concat": [address, _port(element.ports)]}
+    return {"concat": [_address(element.source), _port(element.ports)]}
+
+
+def _address(net: Network) -> Any:
+    if net.prefixlen == net.max_prefixlen:
+        return net.network_address
+    return {"prefix": {"addr": net.network_address, "len": net.prefixlen}}
 
 
 def _port(span: PortRange) -> Any:
