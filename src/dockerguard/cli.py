@@ -349,7 +349,8 @@ def backends(
         return
     table = Table("backend", "available", "details")
     for probe in probes:
-        table.add_row(probe.backend, "yes" if probe.available else Text("no", style="red"), probe.reason)
+        facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key == "ipsets")
+        table.add_row(probe.backend, "yes" if probe.available else Text("no", style="red"), probe.reason + facts)
     out.print(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
     for key, value in decision["evidence"].items():

@@ -161,7 +161,7 @@ def decide(facts: Facts) -> Detection:
 def _evidence(facts: Facts) -> tuple[tuple[str, str], ...]:
     bridges = ("unreadable" if facts.docker_bridges is None
                else ", ".join(facts.docker_bridges) or "none")
-    api = ("not asked" if facts.docker_firewall is None else
+    api = ("no answer (Docker API not reachable)" if facts.docker_firewall is None else
            f"{facts.docker_firewall} (Docker {facts.docker_version})" if facts.docker_firewall else
            f"not said (Docker {facts.docker_version or '?'}, before 29)")
     items = [("Docker API firewall backend", api), ("nftables docker-bridges tables", bridges)]

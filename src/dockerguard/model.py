@@ -17,6 +17,7 @@ Chains by role, for packets entering an external interface::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from enum import Enum
@@ -137,10 +138,7 @@ class Allows:
 
     def factored(self, family: Family, proto: str) -> tuple[tuple[SourceGroup, ...], tuple[Element, ...]]:
         """(groups matched as a source set and a port set, disjoint pairs of all the other groups)."""
-        groups = self.groups(family, proto)
-        small = tuple(AllowRule(family, proto, group.sources, group.ports, "")
-                      for group in groups if not group.factored)
-        return tuple(group for group in groups if group.factored), disjoint_elements(small)
+        return _factored(self.rules, family, proto)
 
 
 @dataclass(frozen=True)
@@ -260,6 +258,15 @@ class Ruleset:
     def digest(self) -> str:
         """A short stable fingerprint, shown by plan/status to tell rulesets apart."""
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=16)
+def _factored(rules: tuple[AllowRule, ...], family: Family, proto: str
+              ) -> tuple[tuple[SourceGroup, ...], tuple[Element, ...]]:
+    # Cached: every chain judging these allows, in every renderer, asks (a blocklist costs a collapse).
+    groups = Allows(rules, PortMatch.PUBLISHED).groups(family, proto)
+    small = tuple(AllowRule(family, proto, group.sources, group.ports, "") for group in groups if not group.factored)
+    return tuple(group for group in groups if group.factored), disjoint_elements(small)
 
 
 def disjoint_elements(rules: tuple[AllowRule, ...]) -> tuple[Element, ...]:

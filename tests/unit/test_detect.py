@@ -121,7 +121,7 @@ def test_no_iptables_falls_back_to_nft() -> None:
 def test_evidence_lists_counts_and_versions() -> None:
     evidence = dict(decide(facts(Counts(12, 10))).evidence)
     assert evidence == {
-        "Docker API firewall backend": "not asked",
+        "Docker API firewall backend": "no answer (Docker API not reachable)",
         "nftables docker-bridges tables": "none",
         "iptables-legacy Docker lines": "IPv4 12, IPv6 10",
         "iptables-nft Docker lines": "IPv4 0, IPv6 0",

@@ -18,7 +18,7 @@ from ...errors import TransactionError
 from ...model import Family, Ruleset
 from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import iptables_binary, run_tool, tool_complaint
-from . import rules
+from . import ipsets, rules
 from .rules import Layout
 
 _WAIT = ("-w", "5")  # wait for the xtables lock (legacy) instead of failing when Docker holds it
@@ -96,7 +96,53 @@ class IptablesDriver(Backend):
             raise TransactionError(f"cannot parse {argv[0]} output: {exc}") from None
 
     def _layouts(self) -> dict[Family, Layout]:
-        return {family: rules.layout_of(self.read_table(family)) for family in Family}
+        sets = self._read_sets()
+        return {family: rules.layout_of(self.read_table(family), sets.get(family)) for family in Family}
+
+    # -- ipsets ----------------------------------------------------------------------------------
+    @staticmethod
+    def ipsets_usable() -> bool:
+        """Large source groups become ipsets when the `ipset` tool is here (probe says whether)."""
+        return shutil.which("ipset") is not None
+
+    def _use_ipsets(self) -> bool:
+        return self.live and self.ipsets_usable()
+
+    def _read_sets(self) -> dict[Family, dict[str, ipsets.Members]]:
+        """Our ipsets (by name prefix), per family; none when `ipset` is not installed."""
+        if not self.ipsets_usable():
+            return {}
+        proc = self._ipset(["save"])
+        by_family: dict[Family, dict[str, ipsets.Members]] = {}
+        for name, (family, members) in ipsets.parse_save(proc.stdout).items():
+            by_family.setdefault(family, {})[name] = members
+        return by_family
+
+    def _ipset(self, argv: Sequence[str], text: str | None = None, *, check: bool = True
+               ) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = run_tool(["ipset", *argv], input=text)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TransactionError(f"cannot run ipset: {exc}") from exc
+        if check and proc.returncode != 0:
+            raise TransactionError(f"ipset {argv[0]} failed: {tool_complaint(proc)}")
+        return proc
+
+    def _create_sets(self, current: dict[Family, Layout], target: dict[Family, Layout]) -> list[str]:
+        """Create (one `ipset restore`) the target's sets that do not exist yet; their names say their
+        content, so an existing one is reused. Returns the names created."""
+        have = {name for layout in current.values() for name, _ in layout.sets}
+        create = {name: (family, members) for family, layout in target.items() for name, members in layout.sets
+                  if name not in have}
+        if create:
+            self._ipset(["restore"], ipsets.restore_text(create))
+        return sorted(create)
+
+    def _destroy_sets(self, names: Sequence[str]) -> None:
+        """Destroy sets nothing references any more; one still in use (e.g. by the other iptables flavour's
+        rules) stays, and the next apply or remove tries again."""
+        for name in names:
+            self._ipset(["destroy", name], check=False)
 
     # -- Backend ---------------------------------------------------------------------------------
     def exposure(self, state: InstalledState | None) -> Exposure:
@@ -107,7 +153,7 @@ class IptablesDriver(Backend):
 
     def render(self, ruleset: Ruleset) -> Rendered:
         assumed, note = self._assumed()
-        target = {family: rules.target_layout(ruleset, family) for family in Family}
+        target = {family: rules.target_layout(ruleset, family, self._use_ipsets()) for family in Family}
         texts = {family: rules.restore_text(family, rules.transition(assumed[family], target[family]), note)
                  for family in Family}
         return Rendered(self.name, "".join(texts.values()), IptablesPayload(assumed, target, texts))
@@ -129,9 +175,12 @@ class IptablesDriver(Backend):
         return {family: rules.BASELINE for family in Family}, rules.BASELINE_NOTE
 
     def apply(self, rendered: Rendered) -> None:
+        """ipsets the new rules need first, then the rules of each family in one transaction each, then
+        the ipsets nothing uses any more. A failure destroys what was created and puts back what was sent."""
         payload: IptablesPayload = rendered.payload
         with self._lock():
             before = self._layouts()
+            created = self._create_sets(before, payload.target)
             sent: list[Family] = []
             for family in Family:
                 text = payload.texts[family]
@@ -142,11 +191,12 @@ class IptablesDriver(Backend):
                 try:
                     self._send(family, text)
                 except TransactionError as exc:
-                    if not sent:
-                        raise
                     # Two families are two transactions: never leave IPv4 new and IPv6 old.
-                    raise self._undo(sent, before, exc) from exc
+                    error = self._undo(sent, before, exc) if sent else exc
+                    self._destroy_sets(created)
+                    raise error from exc
                 sent.append(family)
+            self._destroy_sets(_unused(before, payload.target))
 
     def _undo(self, sent: Sequence[Family], before: dict[Family, Layout],
               cause: TransactionError) -> TransactionError:
@@ -159,10 +209,11 @@ class IptablesDriver(Backend):
         return TransactionError(f"{cause}; {', '.join(map(rules.family_label, sent))} put back as before")
 
     def installed(self) -> InstalledState | None:
-        return rules.installed_state(self.name, {family: self.read_table(family) for family in Family})
+        return rules.installed_state(self.name, {family: self.read_table(family) for family in Family},
+                                     self._read_sets())
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
-        return rules.expected_state(self.name, ruleset)
+        return rules.expected_state(self.name, ruleset, self._use_ipsets())
 
     def snapshot(self) -> Snapshot:
         layouts = self._layouts()
@@ -172,18 +223,23 @@ class IptablesDriver(Backend):
     def restore(self, snapshot: Snapshot) -> None:
         errors: list[str] = []
         with self._lock():
+            before = self._layouts()
+            wanted = {family: Layout.from_json(snapshot.data[rules.family_label(family)]) for family in Family}
+            self._create_sets(before, wanted)
             for family in Family:
                 try:
-                    self._restore_family(family, Layout.from_json(snapshot.data[rules.family_label(family)]))
+                    self._restore_family(family, wanted[family])
                 except TransactionError as exc:
                     errors.append(str(exc))  # still try the other family
+            if not errors:
+                self._destroy_sets(_unused(before, wanted))
         if errors:
             raise TransactionError("; ".join(errors))
 
     def _restore_family(self, family: Family, snapshot: Layout) -> None:
-        current = rules.layout_of(self.read_table(family))
+        current = rules.layout_of(self.read_table(family), self._read_sets().get(family))
         target = rules.restore_target(current, snapshot)
-        if current.key != target.key:
+        if current.rules_key != target.rules_key:
             self._send(family, rules.restore_text(family, rules.transition(current, target)))
 
     def path_report(self) -> tuple[PathFinding, ...]:
@@ -205,11 +261,18 @@ class IptablesDriver(Backend):
 
     def remove(self) -> None:
         with self._lock():
-            for family in Family:
-                current = rules.layout_of(self.read_table(family))
+            before = self._layouts()
+            for family, current in before.items():
                 if current.installed:
                     self._send(family, rules.restore_text(
                         family, rules.transition(current, rules.removal_target(current))))
+            self._destroy_sets(_unused(before, {}))
+
+
+def _unused(before: dict[Family, Layout], target: dict[Family, Layout]) -> list[str]:
+    """Our sets in `before` that `target` does not use."""
+    wanted = {name for layout in target.values() for name, _ in layout.sets}
+    return sorted(name for layout in before.values() for name, _ in layout.sets if name not in wanted)
 
 
 def _path_findings(label: str, layout: Layout, other: str, other_table: rules.FilterTable | None
@@ -245,6 +308,16 @@ def _path_findings(label: str, layout: Layout, other: str, other_table: rules.Fi
                 findings.append(PathFinding("warning", f"{label}: {other} also has {count} {chain} rule(s); "
                                                        "its hooks run too, and what they drop never reaches us"))
     return findings
+
+
+def ipset_detail() -> tuple[str, str]:
+    """The probe's word on ipsets."""
+    if shutil.which("ipset") is None:
+        return "ipsets", "no: install ipset (without it a large source list costs one rule per source)"
+    proc = run_tool(["ipset", "list", "-n"])
+    if proc.returncode != 0:
+        return "ipsets", f"no: ipset cannot list sets ({tool_complaint(proc)})"
+    return "ipsets", "yes: a large source group is one hash:net set, matched in one rule per port span"
 
 
 def probe_binaries(cls: type[IptablesDriver], tools: Sequence[str]) -> ProbeResult | None:

@@ -37,7 +37,7 @@ from ...model import Family
 from ..base import ProbeResult
 from ..common import run_tool
 from . import rules
-from .driver import IptablesDriver, probe_binaries
+from .driver import IptablesDriver, ipset_detail, probe_binaries
 
 LOCK_WAIT = 5.0  # seconds, like `iptables -w 5`
 _RULE_ATTRIBUTES = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
@@ -69,7 +69,7 @@ class IptablesLegacyBackend(IptablesDriver):
                                                 "install python-iptables and the iptables libraries")
         library = f"python-iptables {getattr(getattr(iptc, 'version', None), '__version__', '?')}"
         version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
-        details = (("library", library), ("version", version))
+        details = (("library", library), ("version", version), ipset_detail())
         refusal = cls._python_iptables_refusal()
         if refusal is None:
             return ProbeResult(cls.name, True, f"{library}, {version}", details)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...model import Family
 from ..base import ProbeResult
 from ..common import run_tool
-from .driver import IptablesDriver, probe_binaries
+from .driver import IptablesDriver, ipset_detail, probe_binaries
 
 
 class IptablesNftBackend(IptablesDriver):
@@ -21,7 +21,7 @@ class IptablesNftBackend(IptablesDriver):
         if "nf_tables" not in version:
             return ProbeResult(cls.name, False, f"{cls.binary(Family.IPV4)} is not the nf_tables flavour "
                                                 f"({version or 'no version'})")
-        details = (("version", version), ("wait flag", "yes" if cls._wait_args() else "no"))
+        details = (("version", version), ("wait flag", "yes" if cls._wait_args() else "no"), ipset_detail())
         return ProbeResult(cls.name, True, version, details)
 
     def _send(self, family: Family, text: str) -> None:

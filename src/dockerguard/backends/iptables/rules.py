@@ -50,6 +50,7 @@ from ...model import (
 from ...net import PROTOCOLS, AddressError, PortRange, network_of
 from ..base import Exposure, InstalledRule, InstalledState, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
+from . import ipsets
 
 GUARD_CHAIN = IPTABLES_CHAIN[Role.FORWARD]  # DOCKERGUARD
 INBOUND_CHAIN = IPTABLES_CHAIN[Role.INPUT]  # DOCKERGUARD-INPUT
@@ -191,58 +192,81 @@ def _with_comment(matches: str, comment: str, target: str) -> str:
     return f"{middle}-m comment --comment {save_string(sanitize_comment(comment))} {target}"
 
 
-def established(piece: Established, chain: Chain, family: Family) -> list[str]:
+@dataclass(frozen=True)
+class Context:
+    """What the piece renderers need besides the piece and its chain."""
+
+    family: Family
+    ipsets: bool = False  # large source groups as ipsets (`ipset` usable here)
+
+
+def established(piece: Established, chain: Chain, ctx: Context) -> list[str]:
     return [_with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")]
 
 
-def neighbour_discovery(piece: NeighbourDiscovery, chain: Chain, family: Family) -> list[str]:
-    if family is not Family.IPV6:
+def neighbour_discovery(piece: NeighbourDiscovery, chain: Chain, ctx: Context) -> list[str]:
+    if ctx.family is not Family.IPV6:
         return []
     return [_with_comment(f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}", "ipv6 neighbour discovery", "-j RETURN")
             for kind in _ND_TYPES]
 
 
-def icmp_echo(piece: IcmpEcho, chain: Chain, family: Family) -> list[str]:
-    if family is Family.IPV4:
+def icmp_echo(piece: IcmpEcho, chain: Chain, ctx: Context) -> list[str]:
+    if ctx.family is Family.IPV4:
         return [_with_comment("-p icmp -m icmp --icmp-type 8", "icmp echo-request", "-j RETURN")]
     return [_with_comment("-p ipv6-icmp -m icmp6 --icmpv6-type 128", "icmpv6 echo-request", "-j RETURN")]
 
 
-def allows(piece: Allows, chain: Chain, family: Family) -> list[str]:
-    """One RETURN rule per (source network, port span) of each allow of `family`, in policy order.
-    A published port is conntrack's original destination port (before Docker's DNAT)."""
+def allows(piece: Allows, chain: Chain, ctx: Context) -> list[str]:
+    """In policy order, one RETURN rule per (source network, port span) of each allow of the family; with
+    ipsets, a large group of sources sharing a port list (`SourceGroup.factored`) is one set instead,
+    matched in one rule per port span where the group's first allow stood. A published port is
+    conntrack's original destination port (before Docker's DNAT)."""
+    factored = {(group.ports, proto): group for proto in PROTOCOLS
+                for group in piece.factored(ctx.family, proto)[0]} if ctx.ipsets else {}
     rules: list[str] = []
+    written: set[tuple[tuple[PortRange, ...], str]] = set()
     for allow in piece.rules:
-        if allow.family is family:
+        if allow.family is not ctx.family:
+            continue
+        key = (allow.ports, allow.proto)
+        group = factored.get(key)
+        if group is None:
             rules += _allow_rules(allow, piece.port)
+        elif key not in written:
+            written.add(key)
+            rules += _allow_rules(allow, piece.port, ipsets.set_name(ctx.family, group.sources), len(group.sources))
     return rules
 
 
-def _allow_rules(allow: AllowRule, port_match: PortMatch) -> list[str]:
-    comment = sanitize_comment(allow.comment) or f"allow {allow.proto}"
+def _allow_rules(allow: AllowRule, port_match: PortMatch, set_name: str = "", set_size: int = 0) -> list[str]:
+    """One rule per source (or for the ipset `set_name` of `set_size` sources) and port span."""
+    comment = f"allow {allow.proto}: {set_size} sources" if set_name else (
+        sanitize_comment(allow.comment) or f"allow {allow.proto}")
+    set_match = f"-m set --match-set {set_name} src " if set_name else ""
     rules = []
-    for net in allow.sources:
-        source = f"-s {net} " if net.prefixlen else ""  # iptables-save omits -s 0.0.0.0/0
+    sources = ("",) if set_name else tuple(f"-s {net} " if net.prefixlen else "" for net in allow.sources)
+    for source in sources:  # iptables-save omits -s 0.0.0.0/0
         for span in allow.ports:
             port = str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
             match = (f"-m conntrack --ctorigdstport {port}" if port_match is PortMatch.PUBLISHED
                      else f"-m {allow.proto} --dport {port}")
-            rules.append(_with_comment(f"{source}-p {allow.proto} {match}", comment, "-j RETURN"))
+            rules.append(_with_comment(f"{source}-p {allow.proto} {set_match}{match}", comment, "-j RETURN"))
     return rules
 
 
-def log_drops(piece: LogDrops, chain: Chain, family: Family) -> list[str]:
+def log_drops(piece: LogDrops, chain: Chain, ctx: Context) -> list[str]:
     return [_with_comment(LOG_LIMIT, "log dropped", f"-j LOG --log-prefix {save_string(LOG_PREFIX[chain.role])}")]
 
 
-def default(piece: Default, chain: Chain, family: Family) -> list[str]:
+def default(piece: Default, chain: Chain, ctx: Context) -> list[str]:
     if piece.verdict is Verdict.REJECT:
         return [_with_comment("-p tcp", "default reject tcp", "-j REJECT --reject-with tcp-reset"),
-                _with_comment("", "default reject", f"-j REJECT --reject-with {_REJECT_WITH[family]}")]
+                _with_comment("", "default reject", f"-j REJECT --reject-with {_REJECT_WITH[ctx.family]}")]
     return [_with_comment("", "default drop", "-j DROP")]
 
 
-def to_proxy(piece: ToProxy, chain: Chain, family: Family) -> list[str]:
+def to_proxy(piece: ToProxy, chain: Chain, ctx: Context) -> list[str]:
     """Connections to published ports go (goto: the PROXY chain's RETURN goes back to INPUT, past the
     rest of this chain) to the PROXY chain, in multiport matches of at most 15 ports."""
     rules = []
@@ -266,11 +290,11 @@ def _multiport_chunks(ports: Sequence[PortRange]) -> list[str]:
     return [",".join(chunk) for chunk in chunks if chunk]
 
 
-def to_host(piece: ToHost, chain: Chain, family: Family) -> list[str]:
+def to_host(piece: ToHost, chain: Chain, ctx: Context) -> list[str]:
     return [_with_comment("", "everything else", f"-g {IPTABLES_CHAIN[Role.HOST]}")]
 
 
-_PIECES: dict[type, Callable[[Any, Chain, Family], list[str]]] = {
+_PIECES: dict[type, Callable[[Any, Chain, Context], list[str]]] = {
     Established: established,
     NeighbourDiscovery: neighbour_discovery,
     IcmpEcho: icmp_echo,
@@ -282,9 +306,17 @@ _PIECES: dict[type, Callable[[Any, Chain, Family], list[str]]] = {
 }
 
 
-def chain_rules(chain: Chain, family: Family) -> tuple[str, ...]:
+def chain_rules(chain: Chain, family: Family, use_ipsets: bool = False) -> tuple[str, ...]:
     """The rule specs of the role's chain (DOCKERGUARD, DOCKERGUARD-INPUT, ...) for one family, without `-A`."""
-    return tuple(spec for piece in chain.pieces for spec in _PIECES[type(piece)](piece, chain, family))
+    ctx = Context(family, use_ipsets)
+    return tuple(spec for piece in chain.pieces for spec in _PIECES[type(piece)](piece, chain, ctx))
+
+
+def chain_sets(chain: Chain, family: Family) -> dict[str, ipsets.Members]:
+    """The ipsets the chain's rules match when rendered with ipsets: name -> members."""
+    return {ipsets.set_name(family, group.sources): ipsets.members(group.sources)
+            for piece in chain.pieces if isinstance(piece, Allows) for proto in PROTOCOLS
+            for group in piece.factored(family, proto)[0]}
 
 
 def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
@@ -299,36 +331,46 @@ class Layout:
     `managed` are the rules we place or move: the unconditional FORWARD -> DOCKER-USER jumps and every
     jump to one of our chains, with their positions. `chains` are our chains that exist, with their
     rules. `foreign_user_rules` counts DOCKER-USER's other rules (Docker's RETURN, the admin's), which
-    we never touch but must know about before deleting a DOCKER-USER we created.
+    we never touch but must know about before deleting a DOCKER-USER we created. `sets` are our ipsets
+    of this family (name, members): the driver creates and destroys them around the rules' transaction.
     """
 
     user_chain: bool
     managed: tuple[Managed, ...]
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     foreign_user_rules: int = 0
+    sets: tuple[tuple[str, ipsets.Members], ...] = ()
 
     @property
     def key(self) -> tuple[object, ...]:
         """What a transition from or to this layout depends on (foreign rules only matter for
         deleting DOCKER-USER)."""
+        return self.user_chain, self.managed, self.chains, self.sets
+
+    @property
+    def rules_key(self) -> tuple[object, ...]:
+        """The part an iptables transaction changes (sets are created and destroyed around it)."""
         return self.user_chain, self.managed, self.chains
 
     @property
     def installed(self) -> bool:
         """Is anything of dockerguard's there? (Docker's FORWARD jump alone is not ours.)"""
-        return bool(self.chains) or any(jump_target(spec) in OUR_CHAINS for _, _, spec in self.managed)
+        return bool(self.chains or self.sets) or any(jump_target(spec) in OUR_CHAINS for _, _, spec in self.managed)
 
     def to_json(self) -> dict[str, Any]:
         return {"user_chain": self.user_chain, "managed": [list(item) for item in self.managed],
                 "chains": [[name, list(specs)] for name, specs in self.chains],
-                "foreign_user_rules": self.foreign_user_rules}
+                "foreign_user_rules": self.foreign_user_rules,
+                "sets": [[name, list(members)] for name, members in self.sets]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Layout:
         return cls(bool(data["user_chain"]),
                    tuple((str(chain), int(position), str(spec)) for chain, position, spec in data["managed"]),
                    tuple((str(name), tuple(str(spec) for spec in specs)) for name, specs in data["chains"]),
-                   int(data.get("foreign_user_rules", 0)))
+                   int(data.get("foreign_user_rules", 0)),
+                   tuple((str(name), tuple(str(member) for member in members))
+                         for name, members in data.get("sets", [])))
 
 
 # What render() assumes when it cannot read the live table (no root): a Docker host where nothing of
@@ -339,19 +381,22 @@ BASELINE_NOTE = ("assumed live state (not read): DOCKER-USER exists, FORWARD jum
                  "nothing of dockerguard installed")
 
 
-def target_layout(ruleset: Ruleset, family: Family) -> Layout:
+def target_layout(ruleset: Ruleset, family: Family, use_ipsets: bool = False) -> Layout:
     """Each chain of the ruleset as one of our chains; a role entered from a hook is jumped to from the
     top of its entry chain (DOCKER-USER, INPUT) once per external interface. FORWARD's jump to
-    DOCKER-USER comes first."""
+    DOCKER-USER comes first. With `use_ipsets`, large source groups are ipsets (`Layout.sets`)."""
     managed: list[Managed] = [(FORWARD_CHAIN, 1, FORWARD_JUMP)]
     chains = []
+    sets: dict[str, ipsets.Members] = {}
     for chain in ruleset.chains:
         ours = IPTABLES_CHAIN[chain.role]
         if chain.role.hook is not None:
             managed += [(IPTABLES_ENTRY[chain.role], index, canonical(jump_spec(interface, ours)))
                         for index, interface in enumerate(ruleset.interfaces, start=1)]
-        chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family))))
-    return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)))
+        chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family, use_ipsets))))
+        if use_ipsets:
+            sets.update(chain_sets(chain, family))
+    return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)), sets=tuple(sorted(sets.items())))
 
 
 @dataclass(frozen=True)
@@ -401,7 +446,8 @@ def parse_save(text: str) -> FilterTable:
     return FilterTable(tuple(chains), tuple(rules))
 
 
-def layout_of(table: FilterTable) -> Layout:
+def layout_of(table: FilterTable, sets: Mapping[str, ipsets.Members] | None = None) -> Layout:
+    """The managed part of a live filter table; `sets`: our ipsets of the family (from `ipset save`)."""
     managed: list[Managed] = []
     foreign_user_rules = 0
     for chain in table.chains:
@@ -414,7 +460,8 @@ def layout_of(table: FilterTable) -> Layout:
                 foreign_user_rules += 1
     chains = tuple((name, tuple(rule.spec for rule in table.chain(name)))
                    for name in sorted(OUR_CHAINS) if name in table.chains)
-    return Layout(USER_CHAIN in table.chains, tuple(sorted(managed)), chains, foreign_user_rules)
+    return Layout(USER_CHAIN in table.chains, tuple(sorted(managed)), chains, foreign_user_rules,
+                  tuple(sorted((sets or {}).items())))
 
 
 # -- from one layout to another -------------------------------------------------------------------
@@ -470,7 +517,7 @@ def restore_target(current: Layout, snapshot: Layout) -> Layout:
         return snapshot
     forward = tuple(item for item in current.managed if item[0] == FORWARD_CHAIN and item[2] == FORWARD_JUMP)
     return Layout(True, tuple(sorted((*snapshot.managed, *forward))), snapshot.chains,
-                  current.foreign_user_rules)
+                  current.foreign_user_rules, snapshot.sets)
 
 
 def restore_text(family: Family, lines: Sequence[str], note: str | None = None) -> str:
@@ -485,6 +532,7 @@ def state(backend: str, layouts: Mapping[Family, Layout],
     """An InstalledState from per-family layouts; counters, when given, come from the live tables."""
     hooks: list[str] = []
     rules: list[InstalledRule] = []
+    sets: list[tuple[str, ipsets.Members]] = []
     for family in Family:
         layout = layouts.get(family)
         if layout is None:
@@ -492,20 +540,22 @@ def state(backend: str, layouts: Mapping[Family, Layout],
         label = family_label(family)
         hooks += [f"{label} {chain} rule {position}: {spec}" for chain, position, spec in layout.managed]
         hooks.append(f"{label} chains: {', '.join(name for name, _ in layout.chains) or 'none'}")
+        sets += layout.sets
         for name, specs in layout.chains:
             live = counters[family].chain(name) if counters and family in counters else []
             for index, spec in enumerate(specs):
                 packets, octets = (live[index].packets, live[index].bytes) if index < len(live) else (0, 0)
                 rules.append(InstalledRule(f"{label} {name}", spec, packets, octets))
-    return InstalledState(backend, tuple(hooks), tuple(rules))
+    return InstalledState(backend, tuple(hooks), tuple(rules), tuple(sorted(sets)))
 
 
-def expected_state(backend: str, ruleset: Ruleset) -> InstalledState:
-    return state(backend, {family: target_layout(ruleset, family) for family in Family})
+def expected_state(backend: str, ruleset: Ruleset, use_ipsets: bool = False) -> InstalledState:
+    return state(backend, {family: target_layout(ruleset, family, use_ipsets) for family in Family})
 
 
-def installed_state(backend: str, tables: Mapping[Family, FilterTable]) -> InstalledState | None:
-    layouts = {family: layout_of(table) for family, table in tables.items()}
+def installed_state(backend: str, tables: Mapping[Family, FilterTable],
+                    sets: Mapping[Family, Mapping[str, ipsets.Members]] | None = None) -> InstalledState | None:
+    layouts = {family: layout_of(table, (sets or {}).get(family)) for family, table in tables.items()}
     if not any(layout.installed for layout in layouts.values()):
         return None
     return state(backend, layouts, tables)
@@ -521,6 +571,7 @@ def exposure_of(state: InstalledState | None) -> Exposure:
     judged: set[tuple[Role, Family]] = set()
     allowed: dict[tuple[Role, Family, str], list[Span]] = {}
     dispatched: dict[tuple[Family, str], list[tuple[int, int]]] = {}
+    set_members = dict(state.sets)
     for family in Family:
         label = family_label(family)
         specs = {name: [rule.description for rule in state.rules if rule.chain == f"{label} {name}"]
@@ -539,9 +590,10 @@ def exposure_of(state: InstalledState | None) -> Exposure:
             for spec in chain:
                 options = _options(spec)
                 if options.get("-j") == "RETURN" and port_option in options and options.get("-p") in PROTOCOLS:
-                    source = options.get("-s", "0.0.0.0/0" if family is Family.IPV4 else "::/0")
-                    allowed.setdefault((role, family, options["-p"]), []).append(
-                        (source, *_port_span(options[port_option])))
+                    sources = ((options.get("-s", "0.0.0.0/0" if family is Family.IPV4 else "::/0"),)
+                               if "--match-set" not in options else set_members.get(options["--match-set"], ()))
+                    allowed.setdefault((role, family, options["-p"]), []).extend(
+                        (source, *_port_span(options[port_option])) for source in sources)
         for spec in specs[INBOUND_CHAIN]:
             options = _options(spec)
             if options.get("-g") == IPTABLES_CHAIN[Role.PROXY] and "--dports" in options:

@@ -1,0 +1,68 @@
+"""ipsets for the iptables drivers: large source groups become one `hash:net` set each, matched with
+`-m set --match-set NAME src`, so the rule count is O(port groups) and the match O(1). Pure text here;
+the driver runs `ipset`.
+
+A set's name carries a digest of its family and members (`dockerguard-<12 hex>`): changed content is a new
+set, created before the iptables transaction that switches the rules to it, and the old set is destroyed
+after. The switch is the rules' own atomic commit, so no packet ever sees new members with old rules
+(`ipset swap` would mix them for a moment), and a set that exists already by that name is reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+from ...model import Family
+from ...net import Network
+
+PREFIX = "dockerguard-"
+MIN_MAXELEM = 65536  # ipset's default; "Hash is full" beyond it (crowdsec-firewall-bouncer #260)
+_FAMILY = {Family.IPV4: "inet", Family.IPV6: "inet6"}
+
+Members = tuple[str, ...]
+
+
+def set_name(family: Family, sources: Iterable[Network]) -> str:
+    digest = hashlib.sha256(f"{family.value}|".encode())
+    for net in sources:
+        digest.update(f"{net} ".encode())
+    return f"{PREFIX}{digest.hexdigest()[:12]}"
+
+
+def restore_text(create: Mapping[str, tuple[Family, Members]]) -> str:
+    """`ipset restore` input creating and filling the sets `create`, in one call."""
+    lines = []
+    for name, (family, members) in sorted(create.items()):
+        maxelem = max(MIN_MAXELEM, 1 << (2 * len(members) - 1).bit_length())
+        lines.append(f"create {name} hash:net family {_FAMILY[family]} maxelem {maxelem}")
+        lines += [f"add {name} {member}" for member in members]
+    return "\n".join(lines) + "\n"
+
+
+def destroy_text(names: Iterable[str]) -> str:
+    return "".join(f"destroy {name}\n" for name in sorted(names))
+
+
+def parse_save(text: str) -> dict[str, tuple[Family, Members]]:
+    """Our sets (name prefix) in `ipset save` output: name -> (family, sorted members)."""
+    sets: dict[str, tuple[Family, list[str]]] = {}
+    for line in text.split("\n"):
+        words = line.split()
+        if len(words) < 3 or not words[1].startswith(PREFIX):
+            continue
+        if words[0] == "create":
+            family = Family.IPV6 if "inet6" in words[3:] else Family.IPV4
+            sets[words[1]] = (family, [])
+        elif words[0] == "add" and words[1] in sets:
+            sets[words[1]][1].append(_member(words[2], sets[words[1]][0]))
+    return {name: (family, tuple(sorted(members))) for name, (family, members) in sets.items()}
+
+
+def _member(text: str, family: Family) -> str:
+    """ipset prints host entries without a prefix length; our members always have one."""
+    return text if "/" in text else f"{text}/{32 if family is Family.IPV4 else 128}"
+
+
+def members(sources: Sequence[Network]) -> Members:
+    return tuple(sorted(str(net) for net in sources))
