@@ -15,21 +15,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from . import __version__
-from .audit import AuditReport
-from .backends import BACKEND_CHOICES, check_backend_name, probe_all
-from .detect import detect
-from .docker import DockerClient
-from .engine import Engine, Status, Step
+from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import DockerguardError, UsageError
 from .policy import DEFAULT_DOCKER_SOCKET, load_policy
+
+# Imported where a command needs them: `dockerguard --help` and `check` stay fast (rich, the engine,
+# the drivers and the Docker client cost most of a start-up).
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from .audit import AuditReport
+    from .engine import Engine, Status, Step
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
@@ -38,10 +40,46 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    rich_markup_mode=None,  # plain help: no rich import, and "[host]" in a help text stays as written
 )
+
+
+class _LazyConsole:
+    """A rich Console made on first use."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
 # markup=False: policy paths, comments and kernel messages may contain [brackets].
-out = Console(highlight=False, markup=False, soft_wrap=True)  # never fold lines that scripts parse
-err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+out = _LazyConsole(highlight=False, markup=False, soft_wrap=True)  # never fold lines that scripts parse
+err = _LazyConsole(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def _text(*args: Any, **kwargs: Any) -> Text:
+    from rich.text import Text
+
+    return Text(*args, **kwargs)
+
+
+def _table(*args: Any, **kwargs: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
+
+
+def _grid(**kwargs: Any) -> Table:
+    from rich.table import Table
+
+    return Table.grid(**kwargs)
 
 PolicyOption = typer.Option(DEFAULT_POLICY, "--config", "-c", help="Policy file (TOML).")
 BackendOption = typer.Option(
@@ -57,6 +95,8 @@ _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
 
 
 def _engine(backend: Optional[str], **options: Any) -> Engine:
+    from .engine import Engine
+
     return Engine(None if backend is None else check_backend_name(backend), **options)
 
 
@@ -108,7 +148,7 @@ def diff(
                      "changes": [asdict(change) for change in result.changes]})
     else:
         for change in result.changes:
-            out.print(Text(str(change), style="green" if change.op == "+" else "red"), soft_wrap=True)
+            out.print(_text(str(change), style="green" if change.op == "+" else "red"), soft_wrap=True)
     if exit_code and result.changed:
         raise typer.Exit(1)
 
@@ -182,6 +222,8 @@ def _ask_keep(deadline: float) -> Optional[bool]:
 @app.command()
 def confirm(state_dir: Optional[str] = StateDirOption) -> None:
     """Keep the rules of a pending `apply --confirm`; its rollback timer stands down."""
+    from .engine import Engine
+
     pending = Engine(state_dir=state_dir).confirm()
     out.print(f"confirmed ruleset {pending.policy_digest} ({pending.backend}); it stays installed", soft_wrap=True)
 
@@ -215,15 +257,15 @@ def status(
 
 
 def _print_status(result: Status) -> None:
-    grid = Table.grid(padding=(0, 2))
+    grid = _grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     detection = f" (auto: {result.detection.reason})" if result.detection is not None else ""
     grid.add_row("backend", result.backend + detection)
     if result.installed is None:
-        grid.add_row("installed", Text("nothing", style="yellow"))
+        grid.add_row("installed", _text("nothing", style="yellow"))
     for index, finding in enumerate(result.path):
-        grid.add_row("path" if index == 0 else "", Text(f"{finding.level}: {finding.message}",
+        grid.add_row("path" if index == 0 else "", _text(f"{finding.level}: {finding.message}",
                                                           style=_LEVEL_STYLE.get(finding.level, "")))
     if result.pending is not None:
         left = result.pending.deadline - time.time()
@@ -231,14 +273,14 @@ def _print_status(result: Status) -> None:
                 f"{_clock(result.pending.deadline)} (in {left:.0f} s) unless `dockerguard confirm`"
                 if left > 0 else f"apply --confirm of ruleset {result.pending.policy_digest}: OVERDUE by "
                                  f"{-left:.0f} s (its timer is gone; the next apply or rollback does it)")
-        grid.add_row("pending", Text(text, style="yellow"))
+        grid.add_row("pending", _text(text, style="yellow"))
     for interrupted in result.interrupted:
-        grid.add_row("rollback", Text(f"rollback of ruleset {interrupted.policy_digest} did not finish: "
+        grid.add_row("rollback", _text(f"rollback of ruleset {interrupted.policy_digest} did not finish: "
                                       "run `dockerguard rollback`", style="red"))
     last = result.last_rollback
     if last is not None:
         outcome = "restored and verified" if last.get("ok") else f"FAILED: {last.get('error')}"
-        grid.add_row("last rollback", Text(f"{_when(float(last.get('time', 0)))} ({last.get('reason')}): {outcome}",
+        grid.add_row("last rollback", _text(f"{_when(float(last.get('time', 0)))} ({last.get('reason')}): {outcome}",
                                            style="" if last.get("ok") else "red"))
     if result.history:
         newest = result.history[-1]
@@ -246,20 +288,20 @@ def _print_status(result: Status) -> None:
         grid.add_row("history", f"{count} recorded in {result.state_dir} (last: "
                                 f"{newest.action} at {_when(newest.timestamp)}); `dockerguard rollback` undoes it")
     if result.state_error is not None:
-        grid.add_row("state", Text(result.state_error, style="red"))
+        grid.add_row("state", _text(result.state_error, style="red"))
     if result.diff is not None:
-        grid.add_row("policy", Text("in sync", style="green") if not result.diff.changed else Text(
+        grid.add_row("policy", _text("in sync", style="green") if not result.diff.changed else _text(
             f"DRIFT: {len(result.diff.changes)} differences from the policy (+ apply would add, - remove)",
             style="red"))
     out.print(grid)
     if result.installed is not None:
-        table = Table("chain", "rule", "packets", "bytes")
+        table = _table("chain", "rule", "packets", "bytes")
         for rule in result.installed.rules:
             table.add_row(rule.chain, rule.description, str(rule.packets), str(rule.bytes))
         out.print(table)
     if result.diff is not None:
         for change in result.diff.changes:
-            out.print(Text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
+            out.print(_text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
 
 
 @app.command()
@@ -285,13 +327,13 @@ def audit(
 
 
 def _print_audit(report: AuditReport) -> None:
-    table = Table("port", "family", "path", "reachable by", "policy allows", "verdict",
+    table = _table("port", "family", "path", "reachable by", "policy allows", "verdict",
                   title=f"published ports, backend {report.backend}")
     for reach in report.reaches:
         style = {"ok": "green", "OPEN": "bold red", "closed": "yellow"}[reach.verdict]
         table.add_row(f"{reach.port}/{reach.proto}", f"ipv{reach.family.value}", reach.path,
                       _who(reach.reachable) + (f" ({reach.note})" if reach.note else ""), _who(reach.allowed),
-                      Text(reach.verdict, style=style))
+                      _text(reach.verdict, style=style))
     out.print(table)
     if not report.reaches:
         out.print("no published ports found (evidence below)")
@@ -299,14 +341,14 @@ def _print_audit(report: AuditReport) -> None:
         out.print(f"{port}/{proto} is published but no allow entry mentions it: nobody may connect", soft_wrap=True)
     for finding in report.path:
         if finding.level == "warning":
-            out.print(Text(f"warning: {finding.message}", style="yellow"), soft_wrap=True)
+            out.print(_text(f"warning: {finding.message}", style="yellow"), soft_wrap=True)
     if not report.in_sync:
-        out.print(Text("the installed rules differ from the policy (see `dockerguard diff`)", style="yellow"))
+        out.print(_text("the installed rules differ from the policy (see `dockerguard diff`)", style="yellow"))
     for source, said in report.evidence:
         out.print(f"  {source}: {said}", style="dim", soft_wrap=True)
     opened = len(report.open)
-    out.print(Text(f"{opened} path{'s are' if opened != 1 else ' is'} open beyond the policy", style="bold red")
-              if opened else Text("nothing is reachable beyond the policy", style="green"), soft_wrap=True)
+    out.print(_text(f"{opened} path{'s are' if opened != 1 else ' is'} open beyond the policy", style="bold red")
+              if opened else _text("nothing is reachable beyond the policy", style="green"), soft_wrap=True)
 
 
 def _who(sources: Optional[tuple[str, ...]]) -> str:
@@ -336,6 +378,10 @@ def backends(
                                       help="Docker API socket, asked which firewall backend Docker uses."),
 ) -> None:
     """Probe every backend and show which one `auto` picks, and why."""
+    from .backends import probe_all
+    from .detect import detect
+    from .docker import DockerClient
+
     probes = probe_all()
     try:
         detection: Any = detect(DockerClient(docker_socket))
@@ -347,10 +393,10 @@ def backends(
     if as_json:
         _print_json({"backends": [asdict(probe) for probe in probes], "auto": decision})
         return
-    table = Table("backend", "available", "details")
+    table = _table("backend", "available", "details")
     for probe in probes:
         facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key == "ipsets")
-        table.add_row(probe.backend, "yes" if probe.available else Text("no", style="red"), probe.reason + facts)
+        table.add_row(probe.backend, "yes" if probe.available else _text("no", style="red"), probe.reason + facts)
     out.print(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
     for key, value in decision["evidence"].items():
@@ -372,6 +418,7 @@ def watch(
     import signal
     import threading
 
+    from .docker import DockerClient
     from .watch import Watcher
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -423,6 +470,7 @@ def _entry_point() -> list[str]:
 @app.command("_rollback-timer", hidden=True)
 def rollback_timer(token: str = typer.Argument(...), state_dir: Optional[str] = StateDirOption) -> None:
     """Internal: the detached process `apply --confirm` starts (see state.spawn_rollback_timer)."""
+    from .engine import Engine
     from .state import StateDir
 
     found = StateDir(state_dir).read_pending(token)
@@ -457,13 +505,13 @@ def demo(
     through = sum(row.through for row in result.before)
     out.print(f"without dockerguard: {through} of {len(result.before)} probes got through "
               "(Docker publishes all of these ports)", soft_wrap=True)
-    table = Table("source", "port", "expected", "got", "ok",
+    table = _table("source", "port", "expected", "got", "ok",
                   title=f"with the policy, backend {result.backend}, Docker firewall {result.docker_firewall}")
     for row in result.rows:
         check = row.check
         table.add_row(f"{check.source} ({check.label})", f"{check.port}/{check.proto}",
                       "through" if check.expected else "blocked", _DEMO_GOT.get(row.outcome, row.outcome),
-                      Text("yes", style="green") if row.ok else Text("NO", style="bold red"))
+                      _text("yes", style="green") if row.ok else _text("NO", style="bold red"))
     out.print(table)
     through = sum(row.through for row in result.after_remove)
     out.print(f"after `dockerguard remove`: {through} of {len(result.after_remove)} probes got through again",
@@ -500,6 +548,8 @@ def main() -> None:
         app()  # typer handles --help and usage errors itself (exit 2)
     except DockerguardError as exc:
         _show_steps(exc.steps)
+        from rich.text import Text
+
         err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
         sys.exit(exc.exit_code)
 

@@ -7,17 +7,19 @@ follow the event stream. Unversioned paths work with every Engine API version.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import queue
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import DockerUnavailable
+
+if TYPE_CHECKING:
+    import http.client
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,19 @@ class ContainerInfo:
     ports: tuple[PublishedPort, ...]
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _unix_connection(path: str, timeout: float | None) -> http.client.HTTPConnection:
+    """An HTTP connection over Docker's unix socket. http.client is imported here, not at start-up:
+    it pulls in ssl (~70 ms), and most commands never talk to Docker."""
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(path)
+            self.sock = sock
+
+    return UnixConnection("localhost", timeout=timeout)
 
 
 class DockerClient:
@@ -53,8 +58,9 @@ class DockerClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _get(self, path: str, timeout: float | None = None) -> tuple[_UnixConnection, http.client.HTTPResponse]:
-        connection = _UnixConnection(self.socket_path, self.timeout if timeout is None else timeout)
+    def _get(self, path: str, timeout: float | None = None
+             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        connection = _unix_connection(self.socket_path, self.timeout if timeout is None else timeout)
         try:
             connection.request("GET", path)
             response = connection.getresponse()

@@ -41,7 +41,7 @@ from .errors import (
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .policy import DEFAULT_DOCKER_SOCKET, Policy
-from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer, write_atomic
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
 HOST_GUARD_SECONDS = 120.0
@@ -340,8 +340,8 @@ class Engine:
         """The body of the detached timer: wait for the deadline (or for the pending file to go away),
         then roll back. Returns None when the apply was confirmed or cancelled."""
         pid_path = self.state.timer_pid_path(token)
-        with contextlib.suppress(OSError):  # only informative
-            pid_path.write_text(f"{os.getpid()}\n")
+        with contextlib.suppress(StateError):  # then `spawn_rollback_timer` reports that the timer did not start
+            write_atomic(pid_path, f"{os.getpid()}\n")  # it waits for this file: never half-written
         try:
             found = self.state.read_pending(token)
             if found is None:

@@ -343,12 +343,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file, fsync, rename over `path`, fsync the directory: all or nothing."""
+    write_atomic(path, json.dumps(data, indent=1))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file (0600), fsync, rename over `path`, fsync the directory: a reader sees the
+    old content or the new, never a part."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
