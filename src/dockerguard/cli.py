@@ -174,7 +174,7 @@ def apply(
     When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
     (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
     engine = _engine(backend, state_dir=state_dir)
-    result = engine.apply(load_policy(config), confirm=confirm, force=force, guard=not no_guard)
+    result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard)
     _show_steps(result.steps)
     if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")
@@ -431,7 +431,7 @@ def watch(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     err.print(f"watching {config} (Docker API {socket_path}, drift check every {interval:g} s)")
-    Watcher(engine, lambda: load_policy(config), docker, interval=interval).run(stop)
+    Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config).run(stop)
 
 
 @app.command()

@@ -11,6 +11,7 @@ the history first, and reports what it did as `Step`s (the CLI prints them with 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -40,7 +41,7 @@ from .errors import (
 )
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
-from .policy import DEFAULT_DOCKER_SOCKET, Policy
+from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer, write_atomic
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
@@ -63,6 +64,8 @@ class Plan:
     installed: InstalledState | None
     expected: InstalledState
     detection: Detection | None = None
+    snapshot: Snapshot | None = None  # of the same moment as `installed`
+    generation: int | None = None  # the ruleset generation read just before `installed`
 
     @property
     def in_sync(self) -> bool:
@@ -153,6 +156,7 @@ class Engine:
         self._discover = discover or published.discover
         self.resolutions: tuple[Resolution, ...] = ()  # what container selectors resolved to last time
         self.discovery = published.Discovery()  # the published ports found last time, and by whom
+        self._containers: list[ContainerInfo] = []  # what container entries were resolved against
 
     def compile(self, policy: Policy) -> Ruleset:
         """compile_policy, after looking up the host ports that container-selecting entries publish now
@@ -168,6 +172,7 @@ class Engine:
 
         if policy.uses_containers:
             policy, self.resolutions = resolve_containers(policy, containers())
+            self._containers = listed or []
         if not policy.filter_proxy_path:
             return compile_policy(policy)
         self.discovery = self._discover(containers)
@@ -192,8 +197,10 @@ class Engine:
         backend, detection = self.backend(policy)
         backend.ensure_available()
         ruleset = self.compile(policy)
-        return Plan(backend.name, ruleset, backend.render(ruleset), backend.installed(),
-                    backend.expected(ruleset), detection)
+        generation = backend.generation()
+        installed, snapshot = backend.read()
+        return Plan(backend.name, ruleset, backend.render(ruleset), installed, backend.expected(ruleset),
+                    detection, snapshot, generation)
 
     def render(self, policy: Policy) -> Rendered:
         """What apply would send, without reading the kernel (works without root)."""
@@ -237,7 +244,9 @@ class Engine:
             record("plan", f"ruleset {digest} compiled and rendered; installed rules read back")
             if plan.in_sync:
                 record("compare", "installed rules equal the policy: the kernel is not touched")
+                self._remember(backend, policy, plan.ruleset, plan.installed, plan.generation)
                 return ApplyResult(backend.name, False, digest, tuple(record.steps))
+            self.state.forget_installed()
             if pending is not None:
                 raise PendingConfirmationError(_pending_message(pending.pending))
             changes = diff_states(backend.name, plan.installed, plan.expected).changes
@@ -247,7 +256,7 @@ class Engine:
                 if confirm is None:
                     confirm = HOST_GUARD_SECONDS
                     record("guard", f"[host] rules change: rolled back in {confirm:g} s unless confirmed")
-            snapshot = backend.snapshot()
+            snapshot = plan.snapshot or backend.snapshot()
             record("snapshot", f"{len(json.dumps(snapshot.data))} bytes of the current ruleset")
             entry = self.state.push(backend=backend.name, action="apply", policy_digest=digest,
                                     policy_path=policy.path, snapshot=snapshot, previous=plan.installed)
@@ -258,7 +267,9 @@ class Engine:
             try:
                 backend.apply(plan.rendered)
                 record("transaction", "sent in one atomic transaction")
-                if backend.installed() != plan.expected:
+                generation = backend.generation()
+                verified = backend.installed()
+                if verified != plan.expected:
                     raise ApplyError("verification failed: the rules read back differ from the rules sent")
                 record("verify", "rules read back equal the rules sent")
             except DockerguardError as exc:
@@ -270,7 +281,88 @@ class Engine:
                 if isinstance(exc, ApplyError):
                     raise
                 raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
+            if armed is None:  # a pending confirmation may still roll it back: nothing to remember yet
+                self._remember(backend, policy, plan.ruleset, verified, generation)
             return ApplyResult(backend.name, True, digest, tuple(record.steps), entry.number, armed)
+
+    # -- the unchanged policy, cheaply ---------------------------------------------------------------
+    def apply_file(self, path: str | os.PathLike[str], *, confirm: float | None = None, force: bool = False,
+                   guard: bool = True) -> ApplyResult:
+        """`apply(load_policy(path))`, except that the same policy file over the same Docker inputs on an
+        unchanged kernel is recognised without parsing, compiling or (nft) listing anything: see
+        `_unchanged`. Whatever differs, or cannot be told cheaply, takes the full path."""
+        if confirm is None:
+            record = _Recorder()
+            try:
+                result = self._unchanged(Path(path), record)
+            except (DockerguardError, OSError) as exc:  # the full path says it properly, if it matters
+                record("fast path", f"not taken: {exc}")
+                result = None
+            if result is not None:
+                return result
+        return self.apply(load_policy(path), confirm=confirm, force=force, guard=guard)
+
+    def _unchanged(self, path: Path, record: _Recorder) -> ApplyResult | None:
+        """An ApplyResult (nothing changed) when all of these equal what the last verified apply recorded:
+        the policy file's bytes, the backend, the published ports and container ports Docker reports, and
+        the kernel: its nftables generation (no transaction since, by anyone), or else a read-back of our
+        objects. None otherwise."""
+        with self.state.locked():
+            known = self.state.installed_record()
+            if known is None or self.state.pending() is not None:
+                return None
+            if source_digest(path.read_bytes()) != known["policy"]:
+                return None
+            facts = known["facts"]
+            requested = self._requested if self._requested is not None else facts["backend"]
+            backend = self._backend_for_record(requested, known["backend"], str(facts["docker_socket"]))
+            if backend is None:
+                return None
+            record("backend", f"{backend.name} (as recorded)")
+            if self._inputs_digest(facts) != known["inputs"]:
+                return None
+            record("inputs", "policy file, published ports and container ports as at the last apply")
+            generation = backend.generation()
+            if generation is not None and generation == known.get("generation"):
+                record("compare", f"ruleset generation {generation} unchanged since the verified apply: "
+                                  "the kernel is not touched")
+            elif state_digest(backend.installed()) == known["state"]:
+                record("compare", "installed rules read back equal the verified ones: the kernel is not touched")
+                self.state.write_installed({**known, "generation": _stable(backend, generation)})
+            else:
+                return None
+            return ApplyResult(backend.name, False, str(known["ruleset"]), tuple(record.steps))
+
+    def _backend_for_record(self, requested: Backend | str, recorded: str, docker_socket: str) -> Backend | None:
+        """The driver to check against the record: the one asked for, if it is the recorded one; for
+        "auto", the recorded one while detection still picks it."""
+        if isinstance(requested, Backend):
+            return requested if requested.name == recorded else None
+        if requested == "auto":
+            requested = detect(self._docker or DockerClient(docker_socket)).backend
+        return get_backend(recorded) if requested == recorded else None
+
+    def _inputs_digest(self, facts: dict[str, Any]) -> str:
+        """What, besides the policy file, the compiled ruleset depends on: Docker's published ports (their
+        docker-proxy path is judged) and the ports container entries resolve to."""
+        client = self._docker or DockerClient(str(facts["docker_socket"]))
+        containers = client.containers() if facts["uses_containers"] else None
+        ports = self._discover(client.containers).ports if facts["filter_proxy_path"] else None
+        return _inputs_digest(containers, ports)
+
+    def _remember(self, backend: Backend, policy: Policy, ruleset: Ruleset, verified: InstalledState | None,
+                  generation: int | None) -> None:
+        """After a verified apply (or a verified no-op): what `_unchanged` compares with next time.
+        `generation` was read before the verifying read; kept only if still the same after it."""
+        if policy.source_digest is None:
+            return
+        facts = {"backend": policy.backend, "docker_socket": policy.docker_socket,
+                 "uses_containers": policy.uses_containers, "filter_proxy_path": policy.filter_proxy_path}
+        self.state.write_installed({
+            "backend": backend.name, "policy": policy.source_digest, "facts": facts, "ruleset": ruleset.digest,
+            "inputs": _inputs_digest(self._containers if policy.uses_containers else None,
+                                     self.discovery.ports if policy.filter_proxy_path else None),
+            "generation": _stable(backend, generation), "state": state_digest(verified)})
 
     @staticmethod
     def _check_lockout(ruleset: Ruleset, force: bool, record: _Recorder) -> None:
@@ -406,6 +498,7 @@ class Engine:
     def _restore_verified(self, backend: Backend, snapshot: Snapshot, previous: InstalledState | None,
                           record: _Recorder) -> None:
         backend.ensure_available()
+        self.state.forget_installed()
         backend.restore(snapshot)
         record("restore", "snapshot sent in one atomic transaction")
         installed = backend.installed()
@@ -494,8 +587,30 @@ class Engine:
                 raise PendingConfirmationError(_pending_message(pending.pending))
             self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
                             snapshot=backend.snapshot(), previous=installed)
+            self.state.forget_installed()
             backend.remove()
         return True
+
+
+def _stable(backend: Backend, generation: int | None) -> int | None:
+    """`generation` (read before a verifying read) if nothing was committed since; else None, so that
+    the next check reads back instead of trusting a number that covers a change nobody verified."""
+    return generation if generation is not None and backend.generation() == generation else None
+
+
+def state_digest(state: InstalledState | None) -> str:
+    """A fingerprint of a read-back state (hooks, rules, set elements; counters left out)."""
+    if state is None:
+        return "nothing"
+    text = json.dumps([state.hooks, [(rule.chain, rule.description) for rule in state.rules], state.sets])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _inputs_digest(containers: list[ContainerInfo] | None, ports: frozenset[tuple[str, int]] | None) -> str:
+    """The Docker facts a compiled ruleset depends on: containers (for container entries), published ports."""
+    listed = None if containers is None else sorted(
+        (c.name, sorted(map(repr, c.ports)), sorted(c.labels)) for c in containers)
+    return hashlib.sha256(json.dumps([listed, None if ports is None else sorted(ports)]).encode()).hexdigest()
 
 
 def _clock(timestamp: float) -> str:

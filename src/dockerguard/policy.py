@@ -6,10 +6,11 @@ report the line of a key, so it is looked up in the text) and the key.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -102,6 +103,8 @@ class Policy:
     # Judge connections addressed to the host itself on published ports (docker-proxy's path) too.
     filter_proxy_path: bool = True
     path: str | None = None
+    # sha256 of the file's bytes (load_policy): the same bytes always mean the same policy.
+    source_digest: str | None = None
 
     @property
     def uses_containers(self) -> bool:
@@ -119,12 +122,17 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file. Raises PolicyError on any mistake."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise PolicyError("file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"cannot read: {exc}", file=str(path)) from None
-    return parse_policy(text, filename=str(path))
+    return replace(parse_policy(text, filename=str(path)), source_digest=source_digest(data))
+
+
+def source_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:

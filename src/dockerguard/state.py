@@ -229,6 +229,27 @@ class StateDir:
     def is_pending(self, token: str) -> bool:
         return (self.pending_dir / f"{token}.json").exists()
 
+    # -- what the last verified apply installed -----------------------------------------------------
+    def installed_record(self) -> dict[str, Any] | None:
+        """installed.json (see Engine._unchanged); None when missing or not what we wrote."""
+        try:
+            record = _read_json(self.path / "installed.json")
+        except (FileNotFoundError, StateError):
+            return None
+        keys = ("backend", "policy", "facts", "ruleset", "inputs", "state")
+        if not all(key in record for key in keys) or not isinstance(record["facts"], dict):
+            return None
+        return record
+
+    def write_installed(self, record: dict[str, Any]) -> None:
+        self._ensure()
+        _write_json(self.path / "installed.json", {"format": _FORMAT, **record})
+
+    def forget_installed(self) -> None:
+        """Before anything changes the ruleset: the next apply takes the full path."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / "installed.json")
+
     # -- the timer's traces ------------------------------------------------------------------------
     def timer_pid_path(self, token: str) -> Path:
         return self.path / f"timer-{token}.pid"

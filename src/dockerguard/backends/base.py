@@ -132,6 +132,15 @@ class Backend(ABC):
     def snapshot(self) -> Snapshot:
         """Capture our objects as they are now (possibly nothing)."""
 
+    def read(self) -> tuple[InstalledState | None, Snapshot]:
+        """`installed()` and `snapshot()` of one moment; drivers that can read once for both override this."""
+        return self.installed(), self.snapshot()
+
+    def generation(self) -> int | None:
+        """A number the kernel changes whenever anything of this driver's objects may have changed (the
+        nftables ruleset generation), or None when there is no such number: then only a read tells."""
+        return None
+
     @abstractmethod
     def restore(self, snapshot: Snapshot) -> None:
         """Put our objects back as captured, atomically."""

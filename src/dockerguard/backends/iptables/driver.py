@@ -216,9 +216,14 @@ class IptablesDriver(Backend):
         return rules.expected_state(self.name, ruleset, self._use_ipsets())
 
     def snapshot(self) -> Snapshot:
-        layouts = self._layouts()
-        return Snapshot(self.name, {rules.family_label(family): layout.to_json()
-                                    for family, layout in layouts.items()})
+        return self.read()[1]
+
+    def read(self) -> tuple[InstalledState | None, Snapshot]:
+        tables = {family: self.read_table(family) for family in Family}
+        sets = self._read_sets()
+        layouts = {family: rules.layout_of(table, sets.get(family)) for family, table in tables.items()}
+        data = {rules.family_label(family): layout.to_json() for family, layout in layouts.items()}
+        return rules.installed_state(self.name, tables, sets), Snapshot(self.name, data)
 
     def restore(self, snapshot: Snapshot) -> None:
         errors: list[str] = []

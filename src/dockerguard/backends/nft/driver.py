@@ -91,8 +91,17 @@ class NftBackend(Backend):
 
     def snapshot(self) -> Snapshot:
         """Our table's chains, sets and rules as listed (counters included), as JSON data; None: no table."""
-        objects = self._list_table()
-        return Snapshot(self.name, None if objects is None else [_without_handle(item) for item in objects])
+        return self.read()[1]
+
+    def read(self) -> tuple[InstalledState | None, Snapshot]:
+        objects = self._list_table()  # one listing for both: a large set costs as much to list as to load
+        if objects is None:
+            return None, Snapshot(self.name, None)
+        return (state_of(objects, self._ipv6_prefixes_unreadable()),
+                Snapshot(self.name, [_without_handle(item) for item in objects]))
+
+    def generation(self) -> int | None:
+        return self.client.generation()
 
     def restore(self, snapshot: Snapshot) -> None:
         if snapshot.data is None:

@@ -44,6 +44,7 @@ class FakeNftKernel:
         self.tables: dict[tuple[str, str], _Table] = {}
         self.fail_next: str | None = None  # the error text of the next writing batch
         self.batches = 0
+        self.listings = 0  # list requests answered (what a cheap no-op must avoid)
         self._handle = 0
 
     # -- NftClient -------------------------------------------------------------------------------
@@ -51,6 +52,7 @@ class FakeNftKernel:
                  dry_run: bool = False) -> tuple[int, str, str]:
         commands = [command for command in payload.get("nftables", []) if "metainfo" not in command]
         if commands and all("list" in command for command in commands):
+            self.listings += 1
             try:
                 listed = [item for command in commands for item in self._list(command["list"])]
             except _Refused as exc:
@@ -74,6 +76,10 @@ class FakeNftKernel:
         else:
             self.batches += 1
         return 0, "", ""
+
+    def generation(self) -> int:
+        """Like the kernel's: one more per committed writing batch."""
+        return self.batches
 
     # -- tables ----------------------------------------------------------------------------------
     def _add_table(self, spec: dict[str, Any]) -> None:

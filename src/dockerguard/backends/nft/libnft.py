@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 from typing import Any, Protocol
 
 
@@ -14,6 +16,9 @@ class NftClient(Protocol):
     def json_cmd(self, payload: dict[str, Any], *, json_output: bool = False,
                  dry_run: bool = False) -> tuple[int, str, str]:
         """Run one JSON batch; (return code, output as JSON text when `json_output`, error text)."""
+
+    def generation(self) -> int | None:
+        """The ruleset generation (bumped by every committed transaction); None if unknown."""
 
 
 class Libnftables:
@@ -24,6 +29,9 @@ class Libnftables:
         rc, output, error = _context(json_output, dry_run).json_cmd(payload)
         # json_cmd returns the decoded output; keep the interface textual like cmd().
         return rc, json.dumps(output) if isinstance(output, dict) else (output or ""), error or ""
+
+    def generation(self) -> int | None:
+        return generation_id()
 
 
 def _context(json_output: bool, dry_run: bool) -> Any:
@@ -65,3 +73,37 @@ def metainfo_version(output: str) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     return "?"
+
+
+# -- the ruleset generation: one netlink round trip, no listing ------------------------------------------
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NFT_MSG_NEWGEN = (10 << 8) | 15
+_NFTA_GEN_ID = 1
+_NLMSG_ERROR = 2
+
+
+def generation_id() -> int | None:
+    """The nftables ruleset generation of this network namespace: the kernel counts up on every committed
+    transaction, whoever sends it, so an unchanged number means an unchanged ruleset. None when the
+    kernel cannot be asked."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.settimeout(2.0)
+            # nlmsghdr (len, type, flags=NLM_F_REQUEST, seq, pid) + nfgenmsg (AF_UNSPEC, NFNETLINK_V0, res_id)
+            sock.send(struct.pack("=IHHII", 20, _NFT_MSG_GETGEN, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0))
+            reply = sock.recv(4096)
+    except OSError:
+        return None
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind != _NFT_MSG_NEWGEN:
+        return None
+    offset = 16 + 4  # after nlmsghdr and nfgenmsg
+    while offset + 4 <= min(length, len(reply)):
+        attr_length, attr_type = struct.unpack_from("=HH", reply, offset)
+        if attr_length < 4:
+            return None
+        if attr_type & 0x3FFF == _NFTA_GEN_ID and attr_length >= 8:
+            return int(struct.unpack_from(">I", reply, offset + 4)[0])
+        offset += (attr_length + 3) & ~3
+    return None
