@@ -7,7 +7,9 @@ report the line of a key, so it is looked up in the text) and the key.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +26,8 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
     import tomli as tomllib
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+MAX_POLICY_FILE = 16 << 20  # a policy with 100,000 inline sources is ~3 MiB
+MAX_SOURCES_FILE = 64 << 20  # FireHOL's largest lists are ~10 MiB
 DEFAULT_VERDICTS = ("drop", "reject")
 ANY_SOURCE = ANY
 
@@ -71,14 +75,41 @@ class ContainerSelector:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """At most `rate` new connections per `per` from one source, `burst` at once."""
+
+    rate: int
+    per: str  # "second", "minute", "hour" or "day"
+    burst: int
+
+    def __str__(self) -> str:
+        return f"{self.rate}/{self.per} burst {self.burst}"
+
+
+@dataclass(frozen=True)
 class Allow:
-    """One [[allow]] entry: new connections to these published host ports from these sources pass."""
+    """One [[allow]] entry: new connections to these published host ports from these sources pass,
+    within `limit` (new connections per source) and `max_connections` (open at once, per source)."""
 
     ports: tuple[PortRange, ...]
     proto: str
     sources: tuple[Source, ...]
     comment: str = ""
     containers: ContainerSelector | None = None
+    limit: Limit | None = None
+    max_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Deny:
+    """One [[deny]] entry: everything from these sources (to these published ports, when given) is
+    refused before any allow is looked at."""
+
+    sources: tuple[Source, ...]
+    ports: tuple[PortRange, ...] = ()  # empty: every port and protocol
+    proto: str | None = None  # with ports: "tcp" or "udp"
+    action: str = "drop"  # "drop" or "reject"
+    comment: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,9 +133,13 @@ class Policy:
     docker_socket: str = DEFAULT_DOCKER_SOCKET
     # Judge connections addressed to the host itself on published ports (docker-proxy's path) too.
     filter_proxy_path: bool = True
+    deny: tuple[Deny, ...] = ()
+    bans: bool = True  # the ban sets other tools (fail2ban, crowdsec) write to are checked first
     path: str | None = None
     # sha256 of the file's bytes (load_policy): the same bytes always mean the same policy.
     source_digest: str | None = None
+    # The source files (sources_file) read, each with the sha256 of its bytes: part of "the same policy".
+    source_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def uses_containers(self) -> bool:
@@ -120,15 +155,39 @@ class Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file. Raises PolicyError on any mistake."""
-    path = Path(path)
+    data = read_bounded(str(path), MAX_POLICY_FILE)
     try:
-        data = path.read_bytes()
         text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise PolicyError("file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read: {exc}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
     return replace(parse_policy(text, filename=str(path)), source_digest=source_digest(data))
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` of them: a FIFO would block, /dev/zero never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PolicyError("file not found", file=path) from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read: {exc.strerror}", file=path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise PolicyError(f"{kind}: expected a policy or list file", file=path)
+        if info.st_size > limit:
+            raise PolicyError(f"{info.st_size} bytes: larger than the {limit // (1 << 20)} MiB a file may have",
+                              file=path)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read: {exc.strerror}", file=path) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise PolicyError(f"larger than the {limit // (1 << 20)} MiB a file may have", file=path)
+    return data
 
 
 def source_digest(data: bytes) -> str:
@@ -156,13 +215,16 @@ class _Validator:
     """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
 
     TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host",
-                "docker_socket", "filter_proxy_path")
-    ALLOW_KEYS = ("ports", "proto", "sources", "comment", "container", "labels", "container_ports")
+                "docker_socket", "filter_proxy_path", "deny", "bans")
+    ALLOW_KEYS = ("ports", "proto", "sources", "sources_file", "comment", "container", "labels", "container_ports",
+                  "limit", "limit_burst", "max_connections")
+    DENY_KEYS = ("sources", "sources_file", "ports", "proto", "action", "comment")
     HOST_KEYS = ("allow", "icmp_echo", "default")
 
     def __init__(self, text: str, filename: str) -> None:
         self.lines = text.splitlines()
         self.filename = filename
+        self.files: dict[str, str] = {}  # sources files read: path -> sha256 of their bytes
 
     def fail(self, path: tuple[str | int, ...], message: str) -> PolicyError:
         return PolicyError(message, file=self.filename, line=self._locate(path), key=_format_key(path))
@@ -181,6 +243,7 @@ class _Validator:
         set_names = {address_set.name for address_set in sets}
         allow = self._allow_list(raw, (), set_names)
         host = self._host(raw["host"], set_names) if "host" in raw else None
+        deny = self._deny_list(raw, set_names, default)
         return Policy(
             backend=backend,
             external_interfaces=self._interfaces(raw.get("external_interfaces", ["eth0"])),
@@ -191,7 +254,10 @@ class _Validator:
             host=host,
             docker_socket=self._socket(raw.get("docker_socket", DEFAULT_DOCKER_SOCKET)),
             filter_proxy_path=filter_proxy_path,
+            deny=deny,
+            bans=self._bool(raw, "bans", True),
             path=None if self.filename.startswith("<") else self.filename,
+            source_files=tuple(sorted(self.files.items())),
         )
 
     def _bool(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -225,6 +291,8 @@ class _Validator:
         for index, entry in enumerate(allow):
             if entry.containers is not None:
                 raise self.fail((*base, "allow", index), "host rules take ports; containers are selected in [[allow]]")
+            if entry.limit is not None or entry.max_connections is not None:
+                raise self.fail((*base, "allow", index), "limits apply to published ports, in [[allow]]")
         return HostPolicy(allow, icmp_echo, self._verdict(value, base))
 
     def _socket(self, value: Any) -> str:
@@ -283,17 +351,104 @@ class _Validator:
         proto = entry.get("proto", "tcp")
         if proto not in PROTOCOLS:
             raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
+        comment = self._comment(entry, base)
+        return Allow(
+            ports=self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else (),
+            proto=proto,
+            sources=self._entry_sources(entry, base, set_names),
+            comment=comment,
+            containers=containers,
+            limit=self._limit(entry, base),
+            max_connections=self._count(entry, (*base, "max_connections")),
+        )
+
+    def _entry_sources(self, entry: Mapping[str, Any], base: tuple[str | int, ...],
+                       set_names: set[str], default: Any = ("any",)) -> tuple[Source, ...]:
+        """`sources` and/or `sources_file` (without either: `default`)."""
+        if "sources_file" not in entry:
+            return self._sources(entry.get("sources", list(default)), (*base, "sources"), set_names)
+        listed = self._sources(entry["sources"], (*base, "sources"), set_names) if "sources" in entry else ()
+        return (*listed, *self._sources_file(entry["sources_file"], (*base, "sources_file")))
+
+    def _sources_file(self, value: Any, key: tuple[str | int, ...]) -> tuple[Network, ...]:
+        """A netset file (FireHOL / ipset style: one address or CIDR per line, `#` or `;` comments)."""
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.fail(key, f"expected the path of a file of addresses, got {value!r}")
+        base = Path(self.filename).parent if not self.filename.startswith("<") else Path.cwd()
+        path = str(base / value)
+        try:
+            data = read_bounded(path, MAX_SOURCES_FILE)
+        except PolicyError as exc:
+            raise self.fail(key, f"{path}: {exc.message}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"not UTF-8 text ({exc.reason})", file=path, key=_format_key(key)) from None
+        self.files[path] = source_digest(data)
+        networks = []
+        for number, raw in enumerate(text.split("\n"), start=1):
+            line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                networks.append(parse_network(line))
+            except AddressError as exc:
+                raise PolicyError(str(exc), file=path, line=number, key=_format_key(key)) from None
+        if not networks:
+            raise PolicyError("no address or CIDR in the file", file=path, key=_format_key(key))
+        return tuple(networks)
+
+    def _limit(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> Limit | None:
+        if "limit" not in entry:
+            if "limit_burst" in entry:
+                raise self.fail((*base, "limit_burst"), "limit_burst needs a limit, e.g. limit = \"20/minute\"")
+            return None
+        value = entry["limit"]
+        match = re.fullmatch(r"([0-9]{1,6})/(second|minute|hour|day)", value) if isinstance(value, str) else None
+        if match is None or int(match.group(1)) < 1:
+            raise self.fail((*base, "limit"), f'expected new connections per source as "N/second", "N/minute", '
+                                              f'"N/hour" or "N/day" (N >= 1), got {value!r}')
+        burst = self._count(entry, (*base, "limit_burst")) or 5
+        return Limit(int(match.group(1)), match.group(2), burst)
+
+    def _count(self, entry: Mapping[str, Any], key: tuple[str | int, ...]) -> int | None:
+        value = entry.get(str(key[-1]))
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise self.fail(key, f"expected a whole number from 1 to 1000000, got {value!r}")
+        return value
+
+    def _deny_list(self, table: Mapping[str, Any], set_names: set[str], default: str) -> tuple[Deny, ...]:
+        entries = table.get("deny", [])
+        if not isinstance(entries, list):
+            raise self.fail(("deny",), "expected [[deny]] tables")
+        return tuple(self._deny(entry, ("deny", index), set_names, default) for index, entry in enumerate(entries))
+
+    def _deny(self, entry: Any, base: tuple[str | int, ...], set_names: set[str], default: str) -> Deny:
+        if not isinstance(entry, dict):
+            raise self.fail(base, "expected a table")
+        self._no_unknown_keys(entry, self.DENY_KEYS, base)
+        if "sources" not in entry and "sources_file" not in entry:
+            raise self.fail(base, "missing key 'sources' or 'sources_file' (who is refused)")
+        ports = self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else ()
+        proto = entry.get("proto", "tcp" if ports else None)
+        if "proto" in entry and not ports:
+            raise self.fail((*base, "proto"), "proto narrows 'ports'; without ports every protocol is refused")
+        if proto is not None and proto not in PROTOCOLS:
+            raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
+        action = entry.get("action", default)
+        if action not in DEFAULT_VERDICTS:
+            raise self.fail((*base, "action"), f"expected 'drop' or 'reject', got {action!r}")
+        return Deny(self._entry_sources(entry, base, set_names), ports, proto, str(action),
+                    self._comment(entry, base))
+
+    def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")
         if not isinstance(comment, str) or len(comment) > _MAX_COMMENT or '"' in comment:
             raise self.fail((*base, "comment"),
                             f"expected text of at most {_MAX_COMMENT} characters, without '\"'")
-        return Allow(
-            ports=self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else (),
-            proto=proto,
-            sources=self._sources(entry.get("sources", ["any"]), (*base, "sources"), set_names),
-            comment=comment,
-            containers=containers,
-        )
+        return comment
 
     def _ports(self, value: Any, key: tuple[str | int, ...]) -> tuple[PortRange, ...]:
         items = value if isinstance(value, list) else [value]
