@@ -4,7 +4,8 @@ Product code: ``dockerguard demo`` runs in it, and so do the integration tests (
 ``tests/integration/topology.py``), benchmarks or a REPL (as root). Stdlib only, no pytest::
 
     with Topology(flavour="iptables-nft") as topo:
-        assert topo.probe("ext", HOST_EXT_V4, 8080)
+        [report] = topo.probe_results([Probe("ext", HOST_EXT_V4, 8080)])
+        assert report.ok
 
 Layout (documentation addresses only; the root namespace is never touched: even the
 veth pairs are created directly inside the namespaces)::
@@ -188,16 +189,6 @@ def iptables_command(flavour: str, family: int | str, suffix: str = "") -> str:
     return f"{base}{flavour[len('iptables') :]}{suffix}"
 
 
-def strip_save_noise(text: str) -> str:
-    """Drop comments and packet counters from iptables-save output so dumps compare stably."""
-    lines = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        lines.append(re.sub(r" \[\d+:\d+\]$", "", line))
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------
 # Docker-like ruleset
 # ---------------------------------------------------------------------------
@@ -263,23 +254,6 @@ def docker_ruleset(family: int | str, bridge: str = BRIDGE_IF, int_if: str = HOS
         "-A DOCKER-USER -j RETURN",
     ]
     return "\n".join([*nat, "COMMIT", *filt, "COMMIT", ""])
-
-
-def parse_save(save_text: str) -> dict[str, list[str]]:
-    """iptables-save text -> ``{table: [":CHAIN POLICY", "-A ...", ...]}`` without counters/comments.
-
-    Tables are keyed (their order in a dump differs between flavours); lines keep their order.
-    """
-    tables: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in strip_save_noise(save_text).splitlines():
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:].strip(), [])
-        elif line == "COMMIT":
-            current = None
-        elif current is not None:
-            current.append(line.strip())
-    return tables
 
 
 def docker_nft_ruleset(bridge: str = BRIDGE_IF, int_if: str = HOST_INT_IF) -> str:
@@ -935,10 +909,9 @@ class Topology:
             "host", [iptables_command(self._need_flavour(), family), "-w", "5", *args], check=check
         )
 
-    def iptables_save(self, family: int | str, normalize: bool = False) -> str:
-        """Current ``<flavour>-save`` output of the host namespace (optionally without noise)."""
-        out = self.run("host", [iptables_command(self._need_flavour(), family, "-save")]).stdout
-        return strip_save_noise(out) if normalize else out
+    def iptables_save(self, family: int | str) -> str:
+        """Current ``<flavour>-save`` output of the host namespace."""
+        return self.run("host", [iptables_command(self._need_flavour(), family, "-save")]).stdout
 
     def write_sysctls(self, role: str, values: dict[str, str]) -> None:
         """Set sysctls (``"net/ipv4/ip_forward": "1"``) inside a role's namespace, in-process."""
@@ -972,53 +945,8 @@ class Topology:
     # -- probing ---------------------------------------------------------------------
 
     def probe_results(self, probes: Iterable[Probe]) -> list[ProbeResult]:
+        """Run the probes concurrently (``run_probes``), each from its role's namespace."""
         return run_probes(list(probes), self.namespaces)
-
-    def probe_many(self, probes: Iterable[Probe]) -> list[bool]:
-        return [r.ok for r in self.probe_results(probes)]
-
-    def probe_outcomes(self, probes: Iterable[Probe]) -> list[Outcome]:
-        return [r.outcome for r in self.probe_results(probes)]
-
-    def probe_result(
-        self,
-        src_ns: str,
-        dst: str,
-        port: int,
-        proto: str = "tcp",
-        src: str | None = None,
-        timeout: float = 1.0,
-    ) -> ProbeResult:
-        return self.probe_results([Probe(src_ns, dst, port, proto, src, timeout)])[0]
-
-    def probe(
-        self,
-        src_ns: str,
-        dst: str,
-        port: int,
-        proto: str = "tcp",
-        src: str | None = None,
-        timeout: float = 1.0,
-    ) -> bool:
-        """True when a TCP connect succeeds or a UDP datagram is echoed back."""
-        return self.probe_result(src_ns, dst, port, proto, src, timeout).ok
-
-    def probe_outcome(
-        self,
-        src_ns: str,
-        dst: str,
-        port: int,
-        proto: str = "tcp",
-        src: str | None = None,
-        timeout: float = 1.0,
-    ) -> Outcome:
-        """Tell DROP from REJECT.
-
-        ``"open"``; ``"refused"`` (TCP RST or ICMP port-unreachable: REJECT, or nothing
-        listening); ``"unreachable"`` (other ICMP errors, e.g. admin-prohibited);
-        ``"timeout"`` (no answer: DROP).
-        """
-        return self.probe_result(src_ns, dst, port, proto, src, timeout).outcome
 
 
 def _csv(ports: Iterable[int]) -> str:

@@ -16,6 +16,7 @@ from dockerguard import Engine, parse_policy
 from dockerguard.backends import DRIVERS
 
 from guarded import POLICY, Host, ext
+from harness import probe_outcomes
 from topology import (
     CTR_V4,
     CTR_V6,
@@ -96,7 +97,7 @@ def test_traffic_not_entering_an_external_interface_is_untouched(host: Host) -> 
 
 def test_reject_default_refuses_quickly(host: Host) -> None:
     host.apply(POLICY.format(default="reject"))
-    outcomes = host.topo.probe_outcomes([ext(4, 10, 9000), ext(6, 10, 9000), ext(4, 10, 8080)])
+    outcomes = probe_outcomes(host.topo, [ext(4, 10, 9000), ext(6, 10, 9000), ext(4, 10, 8080)])
     assert outcomes == ["refused", "refused", "open"]
 
 
