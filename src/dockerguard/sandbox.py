@@ -32,7 +32,7 @@ Flavours (how the simulated dockerd programs the host's firewall):
 * ``None``: no Docker rules at all (plain routing).
 
 Servers answer TCP with one line ``DG name=<role> proto=tcp port=<port> peer=<client>``;
-``ProbeResult.peer`` exposes the client address they saw (to check SNAT/MASQUERADE).
+``ProbeReport.peer`` exposes the client address they saw (to check SNAT/MASQUERADE).
 """
 
 from __future__ import annotations
@@ -453,7 +453,9 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ProbeReport:
+    """What came of one ``Probe``: its outcome, how long it took, and the server's banner."""
+
     probe: Probe
     outcome: Outcome
     elapsed: float
@@ -500,7 +502,7 @@ class _ProbeRun:
 
     def __init__(self, probes: Sequence[Probe]) -> None:
         self.probes = probes
-        self.results: list[ProbeResult | None] = [None] * len(probes)
+        self.results: list[ProbeReport | None] = [None] * len(probes)
         self.pending: list[_Pending] = []
         self.sel = selectors.DefaultSelector()
 
@@ -514,7 +516,7 @@ class _ProbeRun:
         banner = p.buf.decode(errors="replace")
         if p.probe.proto == "udp":
             banner = banner[len(p.token) :].lstrip("|")  # strip our echoed token
-        self.results[p.index] = ProbeResult(
+        self.results[p.index] = ProbeReport(
             p.probe, outcome, time.monotonic() - p.start, banner.strip(), error
         )
 
@@ -574,7 +576,7 @@ class _ProbeRun:
         if not chunk or b"\n" in p.buf or len(p.buf) > 4096:
             self.finish(p, "open")
 
-    def run(self, netns_of: dict[str, str]) -> list[ProbeResult]:
+    def run(self, netns_of: dict[str, str]) -> list[ProbeReport]:
         try:
             by_ns: dict[str, list[int]] = {}
             for i, pr in enumerate(self.probes):
@@ -604,7 +606,7 @@ class _ProbeRun:
         return [r for r in self.results if r is not None]
 
 
-def run_probes(probes: Sequence[Probe], netns_of: dict[str, str]) -> list[ProbeResult]:
+def run_probes(probes: Sequence[Probe], netns_of: dict[str, str]) -> list[ProbeReport]:
     """Run all probes concurrently; wall time ~ the largest single timeout.
 
     ``netns_of`` maps each probe's ``src_ns`` to a namespace name. Sockets are created
@@ -944,7 +946,7 @@ class Topology:
 
     # -- probing ---------------------------------------------------------------------
 
-    def probe_results(self, probes: Iterable[Probe]) -> list[ProbeResult]:
+    def probe_results(self, probes: Iterable[Probe]) -> list[ProbeReport]:
         """Run the probes concurrently (``run_probes``), each from its role's namespace."""
         return run_probes(list(probes), self.namespaces)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from dockerguard.backends.iptables.rules import FilterTable, parse_save
 
-from topology import Outcome, Probe, ProbeResult, Topology
+from topology import Outcome, Probe, ProbeReport, Topology
 
 
 def probe_outcomes(topo: Topology, probes: Iterable[Probe]) -> list[Outcome]:
@@ -20,10 +20,10 @@ def probe_many(topo: Topology, probes: Iterable[Probe]) -> list[bool]:
     return [r.ok for r in topo.probe_results(probes)]
 
 
-def probe_result(
+def probe_report(
     topo: Topology, src_ns: str, dst: str, port: int, proto: str = "tcp", src: str | None = None,
     timeout: float = 1.0,
-) -> ProbeResult:
+) -> ProbeReport:
     return topo.probe_results([Probe(src_ns, dst, port, proto, src, timeout)])[0]
 
 
@@ -32,7 +32,7 @@ def probe(
     timeout: float = 1.0,
 ) -> bool:
     """True when a TCP connect succeeds or a UDP datagram is echoed back."""
-    return probe_result(topo, src_ns, dst, port, proto, src, timeout).ok
+    return probe_report(topo, src_ns, dst, port, proto, src, timeout).ok
 
 
 def probe_outcome(
@@ -41,7 +41,7 @@ def probe_outcome(
 ) -> Outcome:
     """Tell DROP from REJECT: ``"open"``; ``"refused"`` (TCP RST or ICMP port-unreachable: REJECT, or
     nothing listening); ``"unreachable"`` (other ICMP errors, e.g. admin-prohibited); ``"timeout"`` (DROP)."""
-    return probe_result(topo, src_ns, dst, port, proto, src, timeout).outcome
+    return probe_report(topo, src_ns, dst, port, proto, src, timeout).outcome
 
 
 def saved_tables(save_text: str) -> dict[str, FilterTable]:

@@ -39,7 +39,7 @@ from topology import (
     PUBLISHED,
     UNPUBLISHED_PORT,
     Probe,
-    ProbeResult,
+    ProbeReport,
     Topology,
     TopologyError,
     docker_nft_ruleset,
@@ -56,12 +56,12 @@ NEGATIVE_TIMEOUT = 0.5  # probes expected to time out: keep them short
 every_flavour = pytest.mark.parametrize("flavour", ALL_FLAVOURS)
 
 
-def _describe(r: ProbeResult) -> str:
+def _describe(r: ProbeReport) -> str:
     p = r.probe
     return f"{p.proto} {p.src_ns}:{p.src or '-'} -> [{p.dst}]:{p.port} = {r.outcome} {r.error}".strip()
 
 
-def _assert_outcomes(results: list[ProbeResult], expected: str) -> None:
+def _assert_outcomes(results: list[ProbeReport], expected: str) -> None:
     wrong = [_describe(r) for r in results if r.outcome != expected]
     assert not wrong, f"expected {expected}:\n" + "\n".join(wrong)
 
