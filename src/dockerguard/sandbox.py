@@ -59,6 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from .backends.common import iptables_binary
+from .model import Family
+
 # ---------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------
@@ -171,22 +174,22 @@ def _run(
     return proc
 
 
-def _family(family: int | str) -> int:
-    """Accept 4/6, "4"/"6", "ipv4"/"ipv6", "ip"/"ip6"."""
+def _family(family: int | str) -> Family:
+    """Accept 4/6, "4"/"6", "ipv4"/"ipv6", "ip"/"ip6" (callers and tests spell families as they like)."""
     key = str(family).lower()
     if key in ("4", "ipv4", "ip", "inet"):
-        return 4
+        return Family.IPV4
     if key in ("6", "ipv6", "ip6", "inet6"):
-        return 6
+        return Family.IPV6
     raise ValueError(f"unknown address family {family!r}")
 
 
 def iptables_command(flavour: str, family: int | str, suffix: str = "") -> str:
-    """``iptables_command("iptables-nft", 6, "-restore") == "ip6tables-nft-restore"``."""
+    """``iptables_command("iptables-nft", 6, "-restore") == "ip6tables-nft-restore"``: the product's
+    ``iptables_binary`` for a sandbox flavour (``"iptables-nft"`` is its ``"nft"``)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
-    base = "iptables" if _family(family) == 4 else "ip6tables"
-    return f"{base}{flavour[len('iptables') :]}{suffix}"
+    return iptables_binary(flavour.split("-", 1)[1], _family(family), suffix)
 
 
 # ---------------------------------------------------------------------------
@@ -200,8 +203,7 @@ def docker_ruleset(family: int | str, bridge: str = BRIDGE_IF, int_if: str = HOS
     Written in iptables-save's canonical spelling so that the rule lines round-trip
     unchanged through ``<flavour>-save`` (tests may compare them verbatim).
     """
-    fam = _family(family)
-    if fam == 4:
+    if _family(family) is Family.IPV4:
         net, ctr, ctr_host, loopback = BRIDGE_NET_V4, CTR_V4, f"{CTR_V4}/32", "127.0.0.0/8"
     else:
         net, ctr, ctr_host, loopback = BRIDGE_NET_V6, f"[{CTR_V6}]", f"{CTR_V6}/128", "::1/128"
