@@ -7,8 +7,7 @@ import re
 from collections.abc import Iterable
 
 from dockerguard.backends.iptables.rules import FilterTable, parse_save
-
-from topology import Outcome, Probe, ProbeReport, Topology
+from dockerguard.sandbox import Outcome, Probe, ProbeReport, Topology
 
 
 def probe_outcomes(topo: Topology, probes: Iterable[Probe]) -> list[Outcome]:

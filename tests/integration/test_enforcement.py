@@ -14,10 +14,7 @@ import pytest
 
 from dockerguard import Engine, parse_policy
 from dockerguard.backends import DRIVERS
-
-from guarded import POLICY, Host, ext
-from harness import probe_outcomes
-from topology import (
+from dockerguard.sandbox import (
     CTR_V4,
     CTR_V6,
     EGRESS_PORT,
@@ -28,6 +25,9 @@ from topology import (
     Probe,
     Topology,
 )
+
+from guarded import POLICY, Host, ext
+from harness import probe_outcomes
 
 CASES = [(backend, flavour) for backend, flavour in [
     ("nft", "iptables-nft"),

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from dockerguard.backends import DRIVERS
+from dockerguard.sandbox import HOST_EXT_V4, Probe, Topology
 
 from harness import probe_many
-from topology import HOST_EXT_V4, Probe, Topology
 
 SSH_PORT = 2222  # a stand-in sshd: an echo server in the host namespace
 ADMIN = "198.51.100.10"

@@ -15,9 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-import topology as topo_mod
-from harness import probe, probe_many, probe_outcome, probe_outcomes, saved_tables
-from topology import (
+from dockerguard.sandbox import (
     ALL_FLAVOURS,
     BRIDGE_IF,
     CTR_TCP_PORTS,
@@ -38,6 +36,7 @@ from topology import (
     HOST_SERVICE_PORT,
     PUBLISHED,
     UNPUBLISHED_PORT,
+    CommandError,
     Probe,
     ProbeReport,
     Topology,
@@ -46,6 +45,9 @@ from topology import (
     docker_ruleset,
     in_netns,
 )
+from dockerguard.sandbox import topology as sandbox_topology
+
+from harness import probe, probe_many, probe_outcome, probe_outcomes, saved_tables
 
 EXT_TARGETS = ((HOST_EXT_V4, EXT_SOURCES_V4), (HOST_EXT_V6, EXT_SOURCES_V6))
 INT_TARGETS = (HOST_INT_V4, HOST_INT_V6)
@@ -325,7 +327,7 @@ def test_in_netns_switches_only_the_current_thread(topology: Topology) -> None:
 def test_run_executes_inside_the_role_namespace(topology: Topology) -> None:
     out = topology.run("ctr", ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert CTR_V4 in out and CTR_V6 in out
-    with pytest.raises(topo_mod.CommandError, match="exited"):
+    with pytest.raises(CommandError, match="exited"):
         topology.run("ctr", ["ip", "link", "show", "dev", "no-such-if"])
 
 
@@ -369,9 +371,10 @@ def test_namespaces_gone_after_exception_in_block(flavour: str) -> None:
 @pytest.mark.parametrize("stage", ["rules", "readiness"])
 def test_failed_enter_cleans_up(flavour: str, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if stage == "rules":  # iptables-restore / nft rejects the input: servers not started yet
-        monkeypatch.setattr(topo_mod, "docker_ruleset", lambda family: "*filter\n-A NOPE -j NOPE\nCOMMIT\n")
-        monkeypatch.setattr(topo_mod, "docker_nft_ruleset", lambda: "add rule ip nope nope drop\n")
-        error: type[Exception] = topo_mod.CommandError
+        # Patched where Topology looks them up: the module that builds the host.
+        monkeypatch.setattr(sandbox_topology, "docker_ruleset", lambda family: "*filter\n-A NOPE -j NOPE\nCOMMIT\n")
+        monkeypatch.setattr(sandbox_topology, "docker_nft_ruleset", lambda: "add rule ip nope nope drop\n")
+        error: type[Exception] = CommandError
     else:  # everything built, servers running, then the last step fails
 
         def fail(self: Topology, deadline: float) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dockerguard.backends import DRIVERS
+from dockerguard.sandbox import HOST_EXT_V4, Probe, Topology
 
 from harness import probe_many
-from topology import HOST_EXT_V4, Probe, Topology
 
 # How an admin (or a reload script) wipes each backend's rules behind dockerguard's back.
 FLUSH = {
