@@ -57,8 +57,8 @@ from pathlib import Path
 
 from dockerguard.sandbox import in_netns  # accepts a /run/netns path
 from dockerguard.sandbox.netns import (
-    close_at_exit,
     closed,
+    closing_on_failure,
     create_namespaces,
     delete_namespaces,
     ip_batch,
@@ -429,12 +429,8 @@ class DockerHost:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> DockerHost:
-        close_at_exit(self)
-        try:
+        with closing_on_failure(self):
             self._build()
-        except BaseException:
-            self.close()
-            raise
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

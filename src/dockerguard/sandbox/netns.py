@@ -231,6 +231,17 @@ def closed(obj: _Closable) -> None:
         _OPEN.discard(obj)
 
 
+@contextlib.contextmanager
+def closing_on_failure(obj: _Closable) -> Iterator[None]:
+    """Around building ``obj``: it is closed at exit (``close_at_exit``), or at once if the block fails."""
+    close_at_exit(obj)
+    try:
+        yield
+    except BaseException:
+        obj.close()
+        raise
+
+
 def _close_all() -> None:
     with _OPEN_LOCK:
         still_open = list(_OPEN)

@@ -91,12 +91,8 @@ class Topology:
 
     def __enter__(self) -> Topology:
         start = time.monotonic()
-        netns.close_at_exit(self)
-        try:
+        with netns.closing_on_failure(self):
             self._build()
-        except BaseException:
-            self.close()
-            raise
         self.build_seconds = time.monotonic() - start
         return self
 
