@@ -35,7 +35,7 @@ from .errors import DemoError, UsageError
 from .model import Family, Ruleset
 from .net import parse_address
 from .policy import parse_policy
-from .sandbox import HOST_EXT_V4, HOST_EXT_V6, PUBLISHED, Probe, ProbeResult, Topology
+from .sandbox import HOST_EXT_V4, HOST_EXT_V6, PUBLISHED, Probe, ProbeReport, Topology
 
 DEFAULT_BACKEND = "nft"
 # --docker-firewall value -> sandbox flavour. "nftables" is Docker 29+'s "firewall-backend": "nftables".
@@ -272,7 +272,7 @@ class _Sandbox:
         return str(auto["backend"]), str(auto.get("reason", ""))
 
     def probe(self, checks: Sequence[Check], timeout: float) -> tuple[Row, ...]:
-        results: list[ProbeResult] = self.topo.probe_results(check.probe(timeout) for check in checks)
+        results: list[ProbeReport] = self.topo.probe_results(check.probe(timeout) for check in checks)
         return tuple(Row(check, result.outcome) for check, result in zip(checks, results))
 
 

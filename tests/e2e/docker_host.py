@@ -41,7 +41,6 @@ import json
 import os
 import re
 import secrets
-import selectors
 import shutil
 import signal
 import socket
@@ -57,6 +56,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockerguard.sandbox import in_netns  # accepts a /run/netns path
+from dockerguard.sandbox.netns import (
+    closed,
+    closing_on_failure,
+    create_namespaces,
+    delete_namespaces,
+    ip_batch,
+    netns_path,
+    readline_until,
+    run_command,
+    write_sysctls,
+)
 
 FLAVOURS: tuple[str, ...] = ("iptables-legacy", "iptables-nft")
 
@@ -77,7 +87,6 @@ _PRIVATE = "/run/dge"
 _CONTAINERD_SOCK = f"{_PRIVATE}/ctd/containerd.sock"
 _DOCKER_PIDFILE = f"{_PRIVATE}/docker.pid"
 
-_NETNS_DIR = "/run/netns"
 _PR_SET_PDEATHSIG = 1
 _IPTABLES_TOOLS = ("iptables", "ip6tables")
 _IPTABLES_SUFFIXES = ("", "-save", "-restore")
@@ -126,24 +135,6 @@ def on_host_addresses(host_port: int, container_port: int, proto: str = "tcp") -
 
 class DockerHostError(RuntimeError):
     """The Docker host could not be built, or a daemon did not come up in time."""
-
-
-class CommandError(subprocess.CalledProcessError):
-    """CalledProcessError whose message shows stderr (the stock one hides it)."""
-
-    def __str__(self) -> str:
-        cmd = " ".join(map(str, self.cmd))
-        detail = (self.stderr or self.output or "").strip() or "(no output)"
-        return f"command {cmd!r} exited {self.returncode}: {detail}"
-
-
-def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = 60,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
-                          check=False, env=env)
-    if check and proc.returncode != 0:
-        raise CommandError(proc.returncode, list(argv), proc.stdout, proc.stderr)
-    return proc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,21 +356,6 @@ def _http_get(netns: str, family: int, port: int, src: str | None, timeout: floa
 # The Docker host
 # ---------------------------------------------------------------------------------------------
 
-_LIVE: set[DockerHost] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-def _close_all() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for host in live:
-        with contextlib.suppress(Exception):
-            host.close()
-
-
-atexit.register(_close_all)
-
-
 @dataclass(frozen=True)
 class OwnedProcess:
     pid: int
@@ -443,7 +419,7 @@ class DockerHost:
         return {"PATH": path, "HOME": str(self.tmp), "LANG": "C.UTF-8"}
 
     def netns_path(self, which: str = "host") -> str:
-        return f"{_NETNS_DIR}/{self.host_ns if which == 'host' else self.ext_ns}"
+        return netns_path(self.host_ns if which == "host" else self.ext_ns)
 
     def private_path(self, path: str) -> str:
         """A path inside the holder's mount namespace (its /run), seen from ours."""
@@ -453,13 +429,8 @@ class DockerHost:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> DockerHost:
-        with _LIVE_LOCK:
-            _LIVE.add(self)
-        try:
+        with closing_on_failure(self):
             self._build()
-        except BaseException:
-            self.close()
-            raise
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -521,15 +492,13 @@ class DockerHost:
 
     def _build_network(self) -> None:
         host, ext = self.host_ns, self.ext_ns
-        _run(["ip", "-batch", "-"], input=f"netns add {host}\nnetns add {ext}\n")
+        create_namespaces([host, ext])
         for ns, forwarding in ((host, True), (ext, False)):
-            with in_netns(self.netns_path("host" if ns == host else "ext")):
-                # No IPv6 duplicate address detection: it delays v6 by ~2 s.
-                values = {"net/ipv6/conf/all/accept_dad": "0", "net/ipv6/conf/default/accept_dad": "0"}
-                if forwarding:
-                    values.update({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
-                for key, value in values.items():
-                    Path(f"/proc/sys/{key}").write_text(value)
+            # No IPv6 duplicate address detection: it delays v6 by ~2 s.
+            values = {"net/ipv6/conf/all/accept_dad": "0", "net/ipv6/conf/default/accept_dad": "0"}
+            if forwarding:
+                values.update({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+            write_sysctls(ns, values)
         # Distinct ifindexes: a veth whose index equals its peer's gets its carrier change batched
         # for up to 1 s by linkwatch, which stalls IPv6 neighbour discovery.
         host_script = [
@@ -545,8 +514,8 @@ class DockerHost:
             "link set lo up",
             "link set eth0 up",
         ]
-        _run(["ip", "-n", host, "-batch", "-"], input="\n".join(host_script) + "\n")
-        _run(["ip", "-n", ext, "-batch", "-"], input="\n".join(ext_script) + "\n")
+        ip_batch(host_script, host, timeout=60)
+        ip_batch(ext_script, ext, timeout=60)
         # Ready when the host kernel answers every source (RST from a closed port: the path works).
         probes = [Probe(9, src, family=4, timeout=0.25) for src in EXT_SOURCES_V4]
         probes += [Probe(9, src, family=6, timeout=0.25) for src in EXT_SOURCES_V6]
@@ -575,10 +544,10 @@ class DockerHost:
         argv = ["nsenter", f"--net={self.netns_path('host')}", "unshare", "--mount", "--propagation", "slave",
                 "sh", "-c", _HOLDER_SCRIPT]
         self._holder = self._spawn(argv, "holder.log", pipe=True)
-        line = _readline(self._holder, time.monotonic() + 10)
+        assert self._holder.stdout is not None
+        line = readline_until(self._holder.stdout, time.monotonic() + 10)
         if line.strip() != b"READY":
             raise DockerHostError(f"mount-namespace holder failed: {line!r} {self.log_tail('holder.log')}")
-        assert self._holder.stdout is not None
         self._holder.stdout.close()
         self._mnt_ns = os.readlink(f"/proc/{self._holder.pid}/ns/mnt")
         if self._mnt_ns == os.readlink("/proc/self/ns/mnt"):
@@ -731,16 +700,11 @@ class DockerHost:
                 errors.append(f"processes survived SIGKILL: {', '.join(still)}")
             errors += self._remove_cgroups()
         finally:
-            for name in (self.host_ns, self.ext_ns):
-                if os.path.exists(f"{_NETNS_DIR}/{name}"):
-                    proc = _run(["ip", "netns", "del", name], check=False, timeout=30)
-                    if proc.returncode != 0:
-                        errors.append(f"ip netns del {name}: {proc.stderr.strip()}")
+            errors += delete_namespaces([self.host_ns, self.ext_ns])
             if self.tmp is not None:
                 errors += _unmount_below(str(self.tmp))
                 shutil.rmtree(self.tmp, ignore_errors=True)
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            closed(self)
         if errors:
             raise DockerHostError("teardown incomplete: " + "; ".join(errors))
 
@@ -774,8 +738,8 @@ class DockerHost:
         if cli is None:
             raise DockerHostError("docker CLI not found")
         env = {**self._env(), "DOCKER_CONFIG": str(self.tmp / "docker-config")}
-        return _run([cli, "-H", f"unix://{self.socket_path}", *args], check=check, timeout=timeout,
-                    input=input, env=env)
+        return run_command([cli, "-H", f"unix://{self.socket_path}", *args], check=check, timeout=timeout,
+                           input=input, env=env)
 
     def run_web(self, name: str, publish: Iterable[str] = ("8080:80",), *, network: str | None = None,
                 extra: Sequence[str] = ()) -> str:
@@ -823,11 +787,11 @@ class DockerHost:
     def host_exec(self, argv: Sequence[str], *, check: bool = True, input: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``ip netns exec HOST argv``: as an admin's shell on the docker host would run it."""
-        return _run(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout)
+        return run_command(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout)
 
     def ext_exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60
                  ) -> subprocess.CompletedProcess[str]:
-        return _run(["ip", "netns", "exec", self.ext_ns, *argv], check=check, timeout=timeout)
+        return run_command(["ip", "netns", "exec", self.ext_ns, *argv], check=check, timeout=timeout)
 
     def iptables_save(self, family: int = 4, flavour: str | None = None) -> str:
         """``(ip6)tables-<flavour>-save`` in the host namespace (default: the flavour dockerd uses)."""
@@ -888,23 +852,6 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
                 proc.wait(timeout=5)
 
 
-def _readline(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
-    """One line from a child's stdout pipe without blocking past ``deadline``."""
-    assert proc.stdout is not None
-    fd, buf = proc.stdout.fileno(), b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(timeout=remaining):
-                break
-            chunk = os.read(fd, 256)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def _unmount_below(path: str) -> list[str]:
     """Unmount (lazily) anything mounted under ``path`` in our mount namespace; normally nothing is,
     since dockerd's mounts live in the holder's namespace and die with it."""
@@ -914,6 +861,6 @@ def _unmount_below(path: str) -> list[str]:
         points = [line.split()[1] for line in mounts]
     for point in sorted((p for p in points if (p + "/").startswith(prefix)), key=len, reverse=True):
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
-        proc = _run(["umount", "-l", point], check=False, timeout=30)
+        proc = run_command(["umount", "-l", point], check=False, timeout=30)
         errors.append(f"had to unmount {point}" + (f" (failed: {proc.stderr.strip()})" if proc.returncode else ""))
     return errors

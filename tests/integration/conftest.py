@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 _HERE = Path(__file__).resolve().parent
-# Tests import the harness as a top-level module ("from topology import ..."). pytest's
-# default "prepend" import mode already puts this directory on sys.path; importlib mode
-# does not, so make it explicit.
+# Tests import their helpers as top-level modules ("from harness import ...", "from guarded
+# import ..."). pytest's default "prepend" import mode already puts this directory on sys.path;
+# importlib mode does not, so make it explicit.
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from topology import FLAVOURS, Topology, can_create_netns, cleanup_stale_namespaces  # noqa: E402
+from dockerguard.sandbox import FLAVOURS, Topology, can_create_netns, cleanup_stale_namespaces  # noqa: E402
 
 REQUIRED_TOOLS: tuple[str, ...] = (
     "ip",

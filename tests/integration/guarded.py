@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from topology import HOST_EXT_V4, HOST_EXT_V6, Probe, Topology
+from dockerguard.sandbox import HOST_EXT_V4, HOST_EXT_V6, Probe, Topology
 
 # Published on the simulated host: tcp 8080->80, 443, 25, 8443, 9000, 9001; udp 5353->53.
 POLICY = """\

@@ -13,8 +13,7 @@ import pytest
 
 from dockerguard import demo
 from dockerguard.backends import DRIVERS
-
-from topology import ROLES
+from dockerguard.sandbox import ROLES
 
 # Every registered backend in front of its default Docker firewall, auto-detection, and the nft driver in
 # front of Docker 29's nftables mode.

@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 
-from guarded import POLICY as GUARDED_POLICY
-from guarded import Host, ext
-from topology import (
+from dockerguard.sandbox import (
     CTR_V4,
     CTR_V6,
     DOCKER_NFT_TABLE,
@@ -26,6 +24,9 @@ from topology import (
     Probe,
     Topology,
 )
+
+from guarded import POLICY as GUARDED_POLICY
+from guarded import Host, ext
 
 BACKEND = "nft"
 

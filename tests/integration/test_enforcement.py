@@ -14,9 +14,7 @@ import pytest
 
 from dockerguard import Engine, parse_policy
 from dockerguard.backends import DRIVERS
-
-from guarded import POLICY, Host, ext
-from topology import (
+from dockerguard.sandbox import (
     CTR_V4,
     CTR_V6,
     EGRESS_PORT,
@@ -27,6 +25,9 @@ from topology import (
     Probe,
     Topology,
 )
+
+from guarded import POLICY, Host, ext
+from harness import probe_outcomes
 
 CASES = [(backend, flavour) for backend, flavour in [
     ("nft", "iptables-nft"),
@@ -96,7 +97,7 @@ def test_traffic_not_entering_an_external_interface_is_untouched(host: Host) -> 
 
 def test_reject_default_refuses_quickly(host: Host) -> None:
     host.apply(POLICY.format(default="reject"))
-    outcomes = host.topo.probe_outcomes([ext(4, 10, 9000), ext(6, 10, 9000), ext(4, 10, 8080)])
+    outcomes = probe_outcomes(host.topo, [ext(4, 10, 9000), ext(6, 10, 9000), ext(4, 10, 8080)])
     assert outcomes == ["refused", "refused", "open"]
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from dockerguard.backends import DRIVERS
+from dockerguard.sandbox import HOST_EXT_V4, Probe, Topology
 
-from topology import HOST_EXT_V4, Probe, Topology
+from harness import probe_many
 
 SSH_PORT = 2222  # a stand-in sshd: an echo server in the host namespace
 ADMIN = "198.51.100.10"
@@ -55,7 +56,7 @@ class Guarded:
         return self.cli("apply", "-c", str(path), *extra, env=SESSION_ENV)
 
     def ssh_opens(self, source: str) -> bool:
-        return self.topo.probe_many([Probe("ext", HOST_EXT_V4, SSH_PORT, src=source, timeout=0.7)])[0]
+        return probe_many(self.topo, [Probe("ext", HOST_EXT_V4, SSH_PORT, src=source, timeout=0.7)])[0]
 
 
 def echo(sock: socket.socket) -> bool:
@@ -75,7 +76,7 @@ def guarded(request: pytest.FixtureRequest, make_topology, tmp_path: Path) -> It
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not topo.probe_many([Probe("ext", HOST_EXT_V4, SSH_PORT, src=ADMIN, timeout=0.3)])[0]:
+        while not probe_many(topo, [Probe("ext", HOST_EXT_V4, SSH_PORT, src=ADMIN, timeout=0.3)])[0]:
             assert time.monotonic() < deadline, "echo server did not come up"
             time.sleep(0.1)
         yield Guarded(topo, backend, tmp_path)

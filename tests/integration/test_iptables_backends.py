@@ -19,8 +19,7 @@ from dockerguard import ApplyError, DetectionError, Engine, parse_policy
 from dockerguard.backends import Backend, get_backend
 from dockerguard.detect import detect
 from dockerguard.model import Family
-
-from topology import in_netns
+from dockerguard.sandbox import in_netns
 
 pytestmark = pytest.mark.distro  # runs in the VM matrix on every distro kernel
 

@@ -6,6 +6,7 @@ If these fail, failures in the enforcement tests say nothing about dockerguard.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -14,8 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-import topology as topo_mod
-from topology import (
+from dockerguard.sandbox import (
     ALL_FLAVOURS,
     BRIDGE_IF,
     CTR_TCP_PORTS,
@@ -36,15 +36,18 @@ from topology import (
     HOST_SERVICE_PORT,
     PUBLISHED,
     UNPUBLISHED_PORT,
+    CommandError,
     Probe,
-    ProbeResult,
+    ProbeReport,
     Topology,
     TopologyError,
     docker_nft_ruleset,
     docker_ruleset,
     in_netns,
-    parse_save,
 )
+from dockerguard.sandbox import topology as sandbox_topology
+
+from harness import probe, probe_many, probe_outcome, probe_outcomes, saved_tables
 
 EXT_TARGETS = ((HOST_EXT_V4, EXT_SOURCES_V4), (HOST_EXT_V6, EXT_SOURCES_V6))
 INT_TARGETS = (HOST_INT_V4, HOST_INT_V6)
@@ -55,14 +58,19 @@ NEGATIVE_TIMEOUT = 0.5  # probes expected to time out: keep them short
 every_flavour = pytest.mark.parametrize("flavour", ALL_FLAVOURS)
 
 
-def _describe(r: ProbeResult) -> str:
+def _describe(r: ProbeReport) -> str:
     p = r.probe
     return f"{p.proto} {p.src_ns}:{p.src or '-'} -> [{p.dst}]:{p.port} = {r.outcome} {r.error}".strip()
 
 
-def _assert_outcomes(results: list[ProbeResult], expected: str) -> None:
+def _assert_outcomes(results: list[ProbeReport], expected: str) -> None:
     wrong = [_describe(r) for r in results if r.outcome != expected]
     assert not wrong, f"expected {expected}:\n" + "\n".join(wrong)
+
+
+def _policies(save_text: str) -> list[tuple[str, str]]:
+    """Every table's chains with their policies ("-" for a user chain), which parse_save does not keep."""
+    return sorted(re.findall(r"^:(\S+) (\S+)", save_text, re.M))
 
 
 def _live_namespaces() -> set[str]:
@@ -88,13 +96,13 @@ def test_published_ports_reachable_from_every_ext_source(topology: Topology) -> 
     ]
     results = topology.probe_results(p for _, p in cases)
     _assert_outcomes(results, "open")
-    for (mapping, probe), r in zip(cases, results):
+    for (mapping, sent), r in zip(cases, results):
         # DNAT reached the container's port, and the client's address was preserved (no SNAT inbound).
         assert r.info == {
             "name": "ctr",
             "proto": mapping.proto,
             "port": str(mapping.container_port),
-            "peer": probe.src,
+            "peer": sent.src,
         }, _describe(r)
 
 
@@ -131,13 +139,15 @@ def test_host_service_and_direct_container_access(topology: Topology) -> None:
         + [Probe("host", dst, 80) for dst in (CTR_V4, CTR_V6)]
     )
     _assert_outcomes(results, "open")
-    assert topology.probe("ext", HOST_EXT_V4, HOST_SERVICE_PORT, src=EXT_SOURCES_V4[2])
+    assert probe(topology, "ext", HOST_EXT_V4, HOST_SERVICE_PORT, src=EXT_SOURCES_V4[2])
 
 
 def test_loaded_rules_round_trip_through_save(topology: Topology) -> None:
     # Lets later tests compare dumps verbatim to prove Docker's chains were left alone.
     for family in (4, 6):
-        assert parse_save(topology.iptables_save(family)) == parse_save(docker_ruleset(family))
+        saved, loaded = topology.iptables_save(family), docker_ruleset(family)
+        assert saved_tables(saved) == saved_tables(loaded)
+        assert _policies(saved) == _policies(loaded)
     tables = topology.nft_ruleset()
     if topology.flavour == "iptables-nft":
         assert "chain DOCKER-USER" in tables
@@ -252,7 +262,7 @@ def test_reject_and_drop_are_distinguishable(topology: Topology) -> None:
     wrong = [_describe(r) for r in results if r.outcome != expected[r.probe.port]]
     assert not wrong, "\n".join(wrong)
     assert all(r.elapsed < NEGATIVE_TIMEOUT / 2 for r in results if r.outcome == "refused")
-    assert topology.probe_outcome("ext", HOST_EXT_V6, 9000) == "refused"
+    assert probe_outcome(topology, "ext", HOST_EXT_V6, 9000) == "refused"
 
 
 # -- probing machinery ----------------------------------------------------------------------
@@ -263,11 +273,11 @@ def test_many_probes_cost_about_one_timeout(topology: Topology) -> None:
     probes = [Probe("ext", f"198.51.100.{200 + i}", 80, timeout=0.4) for i in range(20)]
     probes += [Probe("ext", f"2001:db8:100::{200 + i:x}", 53, "udp", timeout=0.4) for i in range(20)]
     start = time.monotonic()
-    outcomes = topology.probe_outcomes(probes)
+    outcomes = probe_outcomes(topology, probes)
     elapsed = time.monotonic() - start
     assert set(outcomes) == {"timeout"}
     assert elapsed < 0.8, f"40 concurrent 0.4 s probes took {elapsed:.2f} s"
-    assert topology.probe_many([Probe("ext", HOST_EXT_V4, 443), Probe("ext", HOST_EXT_V4, 444)]) == [
+    assert probe_many(topology, [Probe("ext", HOST_EXT_V4, 443), Probe("ext", HOST_EXT_V4, 444)]) == [
         True,
         False,
     ]
@@ -275,7 +285,7 @@ def test_many_probes_cost_about_one_timeout(topology: Topology) -> None:
 
 def test_probe_rejects_hostnames(topology: Topology) -> None:
     with pytest.raises(ValueError):
-        topology.probe("ext", "localhost", 80)
+        probe(topology, "ext", "localhost", 80)
 
 
 def test_in_netns_switches_only_the_current_thread(topology: Topology) -> None:
@@ -317,14 +327,14 @@ def test_in_netns_switches_only_the_current_thread(topology: Topology) -> None:
 def test_run_executes_inside_the_role_namespace(topology: Topology) -> None:
     out = topology.run("ctr", ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert CTR_V4 in out and CTR_V6 in out
-    with pytest.raises(topo_mod.CommandError, match="exited"):
+    with pytest.raises(CommandError, match="exited"):
         topology.run("ctr", ["ip", "link", "show", "dev", "no-such-if"])
 
 
 def test_no_docker_rules_flavour(make_topology: Callable[..., Topology]) -> None:
     plain = make_topology(None)
-    assert not plain.probe("ext", HOST_EXT_V4, 8080, timeout=NEGATIVE_TIMEOUT)  # no DNAT
-    assert plain.probe("ext", CTR_V4, 80) and plain.probe("ext", CTR_V6, 80)  # routed, FORWARD ACCEPT
+    assert not probe(plain, "ext", HOST_EXT_V4, 8080, timeout=NEGATIVE_TIMEOUT)  # no DNAT
+    assert probe(plain, "ext", CTR_V4, 80) and probe(plain, "ext", CTR_V6, 80)  # routed, FORWARD ACCEPT
     with pytest.raises(ValueError):
         plain.iptables_save(4)
 
@@ -361,9 +371,10 @@ def test_namespaces_gone_after_exception_in_block(flavour: str) -> None:
 @pytest.mark.parametrize("stage", ["rules", "readiness"])
 def test_failed_enter_cleans_up(flavour: str, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if stage == "rules":  # iptables-restore / nft rejects the input: servers not started yet
-        monkeypatch.setattr(topo_mod, "docker_ruleset", lambda family: "*filter\n-A NOPE -j NOPE\nCOMMIT\n")
-        monkeypatch.setattr(topo_mod, "docker_nft_ruleset", lambda: "add rule ip nope nope drop\n")
-        error: type[Exception] = topo_mod.CommandError
+        # Patched where Topology looks them up: the module that builds the host.
+        monkeypatch.setattr(sandbox_topology, "docker_ruleset", lambda family: "*filter\n-A NOPE -j NOPE\nCOMMIT\n")
+        monkeypatch.setattr(sandbox_topology, "docker_nft_ruleset", lambda: "add rule ip nope nope drop\n")
+        error: type[Exception] = CommandError
     else:  # everything built, servers running, then the last step fails
 
         def fail(self: Topology, deadline: float) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dockerguard.backends import DRIVERS
+from dockerguard.sandbox import HOST_EXT_V4, Probe, Topology
 
-from topology import HOST_EXT_V4, Probe, Topology
+from harness import probe_many
 
 # How an admin (or a reload script) wipes each backend's rules behind dockerguard's back.
 FLUSH = {
@@ -46,12 +47,12 @@ def test_watch_repairs_a_flush(make_topology, tmp_path: Path, backend: str, flav
              "--backend", backend, "--interval", "0.5", "--docker-socket", str(tmp_path / "no-docker.sock")],
             stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: not topo.probe_many([blocked])[0], 15), "watch never installed the rules"
+        assert wait_for(lambda: not probe_many(topo, [blocked])[0], 15), "watch never installed the rules"
         topo.run("host", FLUSH[backend])
-        assert topo.probe_many([blocked]) == [True], "the flush did not open the port (test is not testing)"
-        assert wait_for(lambda: not topo.probe_many([Probe("ext", HOST_EXT_V4, 9000, timeout=0.5)])[0], 10), \
+        assert probe_many(topo, [blocked]) == [True], "the flush did not open the port (test is not testing)"
+        assert wait_for(lambda: not probe_many(topo, [Probe("ext", HOST_EXT_V4, 9000, timeout=0.5)])[0], 10), \
             "watch did not repair the flushed rules"
-        assert topo.probe_many([Probe("ext", HOST_EXT_V4, 8080)]) == [True]
+        assert probe_many(topo, [Probe("ext", HOST_EXT_V4, 8080)]) == [True]
     finally:
         watcher.send_signal(signal.SIGTERM)
         try:

@@ -4,10 +4,12 @@ tested in tests/integration/test_topology.py)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from dockerguard import sandbox
+from dockerguard.sandbox import topology as sandbox_topology
 
 
 def test_flavours() -> None:
@@ -40,11 +42,15 @@ def test_docker_nft_ruleset_is_dockers_two_tables_without_docker_user() -> None:
 
 
 def test_the_probe_server_ships_inside_the_package() -> None:
-    assert sandbox._SERVER_SCRIPT.name == "_probe_server.py" and sandbox._SERVER_SCRIPT.is_file()
-    assert sandbox._SERVER_SCRIPT.parent == sandbox.Path(sandbox.__file__).resolve().parent
-    assert "import dockerguard" not in sandbox._SERVER_SCRIPT.read_text()  # stand-alone, started by path
+    script = sandbox_topology._SERVER_SCRIPT
+    assert script.name == "_probe_server.py" and script.is_file()
+    assert script.parent == Path(sandbox.__file__).resolve().parent
+    assert "import dockerguard" not in script.read_text()  # stand-alone, started by path
 
 
 def test_sandbox_does_not_import_pytest() -> None:
-    source = sandbox.Path(sandbox.__file__).read_text()
-    assert not re.search(r"^\s*(import|from)\s+pytest", source, re.M)
+    modules = sorted(Path(sandbox.__file__).resolve().parent.glob("*.py"))
+    assert len(modules) >= 6  # __init__, fixtures, netns, probes, topology, _probe_server
+    for module in modules:
+        assert not re.search(r"^\s*(import|from)\s+pytest", module.read_text(), re.M), module.name
+

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny TCP-banner / UDP-echo server for the namespace sandbox (``dockerguard.sandbox``).
 
-Launched by ``sandbox.Topology`` with ``ip netns exec NS python3 .../_probe_server.py ...``.
+Launched by ``dockerguard.sandbox.Topology`` with ``ip netns exec NS python3 .../_probe_server.py ...``.
 Stand-alone on purpose (stdlib only, Python >= 3.9, imports nothing from dockerguard): it
 runs in a separate process inside a network namespace, started by path.
 
