@@ -20,13 +20,14 @@ _EXPORTS = {
     **{name: "errors" for name in (
         "ApplyError", "BackendUnavailable", "ConfirmError", "DemoError", "DetectionError", "DockerUnavailable",
         "DockerguardError", "LockoutError", "PendingConfirmationError", "PolicyError", "RollbackError",
-        "StateError", "TransactionError", "UsageError")},
+        "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError")},
 }
 __all__ = [
     "ApplyError",
     "ApplyResult",
     "BackendUnavailable",
     "Change",
+    "CommandError",
     "ConfirmError",
     "DemoError",
     "DetectionError",
@@ -44,6 +45,7 @@ __all__ = [
     "StateError",
     "Status",
     "Step",
+    "TopologyError",
     "TransactionError",
     "UsageError",
     "compile_policy",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from .errors import (
         ApplyError,
         BackendUnavailable,
+        CommandError,
         ConfirmError,
         DemoError,
         DetectionError,
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
         PolicyError,
         RollbackError,
         StateError,
+        TopologyError,
         TransactionError,
         UsageError,
     )

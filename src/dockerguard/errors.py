@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 
@@ -92,3 +93,17 @@ class DockerUnavailable(DockerguardError):
 
 class DemoError(DockerguardError):
     """The demo could not run (no root, a missing tool, the sandbox or dockerguard failed inside it)."""
+
+
+class TopologyError(RuntimeError):
+    """The sandbox (`dockerguard demo`, the tests' namespaces) could not be built, or a server did not come up."""
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A sandbox command failed; unlike the stock CalledProcessError, the message includes stderr."""
+
+    def __str__(self) -> str:
+        cmd = " ".join(map(str, self.cmd)) if isinstance(self.cmd, (list, tuple)) else str(self.cmd)
+        err = (self.stderr or "").strip() if isinstance(self.stderr, str) else ""
+        out = (self.output or "").strip() if isinstance(self.output, str) else ""
+        return f"command {cmd!r} exited {self.returncode}: {err or out or '(no output)'}"

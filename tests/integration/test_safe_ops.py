@@ -208,9 +208,9 @@ def test_unconfirmed_apply_is_rolled_back_even_when_the_cli_is_killed(ns: Netns)
     assert proc.returncode == -signal.SIGKILL
     wait_for(lambda: ns.listing() == old, timeout=15, what="the rollback timer to restore the old ruleset")
     assert time.time() >= deadline - 0.1  # not before the deadline
-    assert ns.pending_files() == []
-    # The timer restores, reads the rules back, and only then records the outcome.
+    # The timer restores, reads the rules back, releases its claim, and only then records the outcome.
     wait_for(lambda: (ns.state_dir / "last-rollback.json").exists(), timeout=10, what="the timer's report")
+    assert ns.pending_files() == []
     last = json.loads((ns.state_dir / "last-rollback.json").read_text())
     assert last["ok"] and last["reason"] == "deadline"
     wait_for(lambda: not any(alive(pid) for pid in ns.timer_pids()) and not ns.timer_pids(), timeout=5,

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
+from ..errors import CommandError
 from .fixtures import ROLES
 
 _NETNS_DIR = "/run/netns"
@@ -26,16 +27,6 @@ _NAME_PREFIX = "dg"
 # What namespace_names() makes: "dg<pid>-<hex4>-<role>"; the pid tells whether its creator still runs.
 _NS_NAME_RE = re.compile(rf"^{_NAME_PREFIX}(\d+)-[0-9a-f]{{4}}-(?:{'|'.join(ROLES)})$")
 _CLONE_NEWNET = 0x40000000
-
-
-class CommandError(subprocess.CalledProcessError):
-    """CalledProcessError whose message includes stderr (the stock one hides it)."""
-
-    def __str__(self) -> str:
-        cmd = " ".join(map(str, self.cmd)) if isinstance(self.cmd, (list, tuple)) else str(self.cmd)
-        err = (self.stderr or "").strip() if isinstance(self.stderr, str) else ""
-        out = (self.output or "").strip() if isinstance(self.output, str) else ""
-        return f"command {cmd!r} exited {self.returncode}: {err or out or '(no output)'}"
 
 
 def run_command(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import TopologyError
 from . import netns
 from .fixtures import (
     ALL_FLAVOURS,
@@ -51,10 +52,6 @@ from .probes import Probe, ProbeReport, run_probes
 
 # Started by path (not -m): no package import in each server, and it works without installation.
 _SERVER_SCRIPT = Path(__file__).resolve().with_name("_probe_server.py")
-
-
-class TopologyError(RuntimeError):
-    """The topology could not be built (or a server did not come up)."""
 
 
 @dataclass
