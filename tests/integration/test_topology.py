@@ -34,6 +34,7 @@ from dockerguard.sandbox import (
     HOST_INT_V4,
     HOST_INT_V6,
     HOST_SERVICE_PORT,
+    PROXIED,
     PUBLISHED,
     UNPUBLISHED_PORT,
     CommandError,
@@ -171,7 +172,7 @@ def test_docker_nftables_tables_are_loaded_and_iptables_is_empty(topology: Topol
     text = topology.nft_ruleset()
     assert "DOCKER-USER" not in text
     dnat = [o["rule"] for o in objects if o.get("rule", {}).get("chain") == "nat-prerouting-and-output"]
-    assert len(dnat) == 2 * len(PUBLISHED) == docker_nft_ruleset().count("dnat to")
+    assert len(dnat) == 2 * len(PUBLISHED) + len(PROXIED) == docker_nft_ruleset().count("dnat to")  # PROXIED: v4
     with pytest.raises(ValueError, match="nftables"):
         topology.iptables_save(4)
     with pytest.raises(ValueError, match="nftables"):

@@ -65,7 +65,12 @@ PUBLISHED: tuple[PortMapping, ...] = (
     PortMapping("tcp", 9001, 9001),
     PortMapping("udp", 5353, 53),
 )
-CTR_TCP_PORTS: tuple[int, ...] = tuple(m.container_port for m in PUBLISHED if m.proto == "tcp")
+# Published with IPv4 DNAT only, as Docker does for a container without IPv6 on a dual-stack host: on
+# IPv6 the userland proxy answers instead, listening on the host itself ([::]:9002), so those connections
+# take the INPUT path. The host namespace's server plays docker-proxy on this port.
+PROXIED: tuple[PortMapping, ...] = (PortMapping("tcp", 9002, 9002),)
+PROXY_PORT = PROXIED[0].host_port
+CTR_TCP_PORTS: tuple[int, ...] = tuple(m.container_port for m in (*PUBLISHED, *PROXIED) if m.proto == "tcp")
 CTR_UDP_PORTS: tuple[int, ...] = tuple(m.container_port for m in PUBLISHED if m.proto == "udp")
 
 
@@ -128,7 +133,7 @@ def docker_ruleset(family: int | str, bridge: str = BRIDGE_IF, int_if: str = HOS
         f"-A FORWARD -i {int_if} -j ACCEPT",
         f"-A FORWARD -o {int_if} -j ACCEPT",
     ]
-    for m in PUBLISHED:
+    for m in PUBLISHED if _family(family) is Family.IPV6 else (*PUBLISHED, *PROXIED):
         p = m.proto
         nat.append(
             f"-A DOCKER ! -i {bridge} -p {p} -m {p} --dport {m.host_port}"
@@ -167,13 +172,14 @@ def docker_nft_ruleset(bridge: str = BRIDGE_IF, int_if: str = HOST_INT_IF) -> st
         ("ip6", "ip6", BRIDGE_NET_V6, CTR_V6, ""),  # moby's ip6 nat-OUTPUT has no loopback test
     ):
         dnat_to = ctr if family == "ip" else f"[{ctr}]"
+        mappings = (*PUBLISHED, *PROXIED) if family == "ip" else PUBLISHED
         dnat = "\n".join(
             f'\t\tiifname != "{bridge}" {m.proto} dport {m.host_port} counter'
             f' dnat to {dnat_to}:{m.container_port} comment "DNAT"'
-            for m in PUBLISHED
+            for m in mappings
         )
         published = "\n".join(
-            f"\t\t{l3} daddr {ctr} {m.proto} dport {m.container_port} counter accept" for m in PUBLISHED
+            f"\t\t{l3} daddr {ctr} {m.proto} dport {m.container_port} counter accept" for m in mappings
         )
         jumps = "\n".join(
             f"\tmap {name}-jumps {{\n\t\ttype ifname : verdict\n"

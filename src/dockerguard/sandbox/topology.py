@@ -42,6 +42,7 @@ from .fixtures import (
     HOST_SERVICE_PORT,
     INT_V4,
     INT_V6,
+    PROXY_PORT,
     ROLES,
     docker_nft_ruleset,
     docker_ruleset,
@@ -197,7 +198,7 @@ class Topology:
         self._spawn("ctr", "--bind", "::", "--tcp", _csv(CTR_TCP_PORTS), "--udp", _csv(CTR_UDP_PORTS))
         ext_binds = [arg for addr in (*EXT_SOURCES_V4, *EXT_SOURCES_V6) for arg in ("--bind", addr)]
         self._spawn("ext", *ext_binds, "--tcp", str(EGRESS_PORT))
-        self._spawn("host", "--bind", "::", "--tcp", str(HOST_SERVICE_PORT))
+        self._spawn("host", "--bind", "::", "--tcp", _csv((HOST_SERVICE_PORT, PROXY_PORT)))
         deadline = time.monotonic() + self.ready_timeout
         for srv in self._servers:
             self._wait_ready(srv, deadline)
