@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .model import AllowRule, Family, HostRules, Ruleset, Verdict
+from .model import AllowRule, DenyRule, Family, HostRules, Ruleset, Verdict
 from .net import PROTOCOLS, Network, PortRange, collapse
-from .policy import Allow, Policy, SetRef
+from .policy import Allow, Policy, SetRef, Source
 
 
 def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = ()) -> Ruleset:
@@ -25,7 +25,26 @@ def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = ()) ->
         allows=_allow_rules(policy, policy.allow),
         host=host,
         published=_published(published) if policy.filter_proxy_path else None,
+        denies=_deny_rules(policy),
+        bans=policy.bans,
     )
+
+
+def _deny_rules(policy: Policy) -> tuple[DenyRule, ...]:
+    """One rule per entry and address family, sources resolved and collapsed."""
+    rules: list[DenyRule] = []
+    for entry in policy.deny:
+        ports = _merge_ports(entry.ports)
+        for family, networks in _by_family(collapse(_resolve_sources(policy, entry.sources))):
+            rules.append(DenyRule(family, networks, ports, entry.proto, Verdict(entry.action), entry.comment))
+    return tuple(rules)
+
+
+def _by_family(collapsed: tuple[Network, ...]) -> list[tuple[Family, tuple[Network, ...]]]:
+    """Collapsed networks (IPv4 first) split by family, leaving out a family without any."""
+    split = next((index for index, net in enumerate(collapsed) if net.version == 6), len(collapsed))
+    return [(family, networks) for family, networks in ((Family.IPV4, collapsed[:split]),
+                                                        (Family.IPV6, collapsed[split:])) if networks]
 
 
 def _published(ports: Iterable[tuple[str, int]]) -> tuple[tuple[str, tuple[PortRange, ...]], ...]:
@@ -38,18 +57,16 @@ def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule,
     """One rule per entry and address family, sources resolved and collapsed, ports merged."""
     rules: list[AllowRule] = []
     for entry in entries:
-        collapsed = collapse(_resolve_sources(policy, entry))  # IPv4 first, then IPv6
         ports = _merge_ports(entry.ports)
-        split = next((index for index, net in enumerate(collapsed) if net.version == 6), len(collapsed))
-        for family, networks in ((Family.IPV4, collapsed[:split]), (Family.IPV6, collapsed[split:])):
-            if networks:
-                rules.append(AllowRule(family, entry.proto, networks, ports, entry.comment))
+        for family, networks in _by_family(collapse(_resolve_sources(policy, entry.sources))):
+            rules.append(AllowRule(family, entry.proto, networks, ports, entry.comment, entry.limit,
+                                   entry.max_connections))
     return tuple(rules)
 
 
-def _resolve_sources(policy: Policy, entry: Allow) -> list[Network]:
+def _resolve_sources(policy: Policy, sources: tuple[Source, ...]) -> list[Network]:
     networks: list[Network] = []
-    for source in entry.sources:
+    for source in sources:
         if isinstance(source, SetRef):
             networks.extend(policy.address_set(source.name).networks)
         else:

@@ -21,9 +21,9 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Union
+from typing import Any, Union
 
-from .net import Network, PortRange, collapse
+from .net import Limit, Network, PortRange, collapse
 
 
 class Family(Enum):
@@ -69,6 +69,25 @@ class AllowRule:
     sources: tuple[Network, ...]
     ports: tuple[PortRange, ...]
     comment: str
+    limit: Limit | None = None  # new connections per source
+    max_connections: int | None = None  # open connections per source
+
+    @property
+    def limited(self) -> bool:
+        return self.limit is not None or self.max_connections is not None
+
+
+@dataclass(frozen=True)
+class DenyRule:
+    """Everything from `sources` (of one family) gets `verdict`, before any allow; with `ports`, only
+    connections of `proto` to those published ports."""
+
+    family: Family
+    sources: tuple[Network, ...]
+    ports: tuple[PortRange, ...]
+    proto: str | None
+    verdict: Verdict
+    comment: str
 
 
 @dataclass(frozen=True)
@@ -86,13 +105,20 @@ class SourceGroup:
 
     sources: tuple[Network, ...]
     ports: tuple[PortRange, ...]
+    limit: Limit | None = None
+    max_connections: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.limit is not None or self.max_connections is not None
 
     @property
     def factored(self) -> bool:
         """Worth its own sets and rule: the (source, port) pairs would cost more elements than the
-        separate sets plus what one more rule weighs (FACTOR_COST elements)."""
+        separate sets plus what one more rule weighs (FACTOR_COST elements). A group with limits always
+        is: its limits apply to it alone."""
         pairs = len(self.sources) * len(self.ports)
-        return pairs > len(self.sources) + len(self.ports) + FACTOR_COST
+        return self.limited or pairs > len(self.sources) + len(self.ports) + FACTOR_COST
 
 
 FACTOR_COST = 8
@@ -116,10 +142,12 @@ class IcmpEcho:
 
 @dataclass(frozen=True)
 class Allows:
-    """New connections matching one of `rules` pass; `port` says which destination port is compared."""
+    """New connections matching one of `rules` pass; `port` says which destination port is compared.
+    A rule's limits are checked before any rule accepts: over them, a connection gets `over_limit`."""
 
     rules: tuple[AllowRule, ...]
     port: PortMatch
+    over_limit: Verdict = Verdict.DROP
 
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:
         return tuple(rule for rule in self.rules if rule.family is family and rule.proto == proto)
@@ -129,16 +157,31 @@ class Allows:
         return disjoint_elements(self.rules_for(family, proto))
 
     def groups(self, family: Family, proto: str) -> tuple[SourceGroup, ...]:
-        """The allows of one family and protocol, one group per distinct port list, in policy order."""
-        by_ports: dict[tuple[PortRange, ...], list[AllowRule]] = {}
+        """The allows of one family and protocol, one group per distinct port list (and limits), in
+        policy order."""
+        by_ports: dict[tuple[Any, ...], list[AllowRule]] = {}
         for rule in self.rules_for(family, proto):
-            by_ports.setdefault(rule.ports, []).append(rule)
+            by_ports.setdefault((rule.ports, rule.limit, rule.max_connections), []).append(rule)
         return tuple(SourceGroup(rules[0].sources if len(rules) == 1 else collapse(
-            net for rule in rules for net in rule.sources), ports) for ports, rules in by_ports.items())
+            net for rule in rules for net in rule.sources), ports, limit, connections)
+            for (ports, limit, connections), rules in by_ports.items())
 
     def factored(self, family: Family, proto: str) -> tuple[tuple[SourceGroup, ...], tuple[Element, ...]]:
         """(groups matched as a source set and a port set, disjoint pairs of all the other groups)."""
         return _factored(self.rules, family, proto)
+
+
+@dataclass(frozen=True)
+class Bans:
+    """Sources in the ban sets (written by `dockerguard ban`, fail2ban, crowdsec) are dropped, first."""
+
+
+@dataclass(frozen=True)
+class Denies:
+    """Sources of `rules` are refused before any allow (see DenyRule)."""
+
+    rules: tuple[DenyRule, ...]
+    port: PortMatch
 
 
 @dataclass(frozen=True)
@@ -169,7 +212,7 @@ class ToHost:
     """Everything else goes to the HOST chain ([host] in the policy)."""
 
 
-Piece = Union[Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default, ToProxy, ToHost]
+Piece = Union[Bans, Denies, Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default, ToProxy, ToHost]
 
 
 @dataclass(frozen=True)
@@ -199,7 +242,7 @@ class HostRules:
         pieces: list[Piece] = [Established(), NeighbourDiscovery()]
         if self.icmp_echo:
             pieces.append(IcmpEcho())
-        pieces += [Allows(self.allows, PortMatch.DESTINATION), Default(self.default)]
+        pieces += [Allows(self.allows, PortMatch.DESTINATION, self.default), Default(self.default)]
         return Chain(Role.HOST, tuple(pieces))
 
 
@@ -217,6 +260,8 @@ class Ruleset:
     host: HostRules | None = None
     # The published host ports per protocol whose INPUT path (docker-proxy) is judged; None: not judged.
     published: tuple[tuple[str, tuple[PortRange, ...]], ...] | None = None
+    denies: tuple[DenyRule, ...] = ()
+    bans: bool = False  # the ban sets are created and checked first on every path judged
 
     @property
     def forward_chain(self) -> Chain:
@@ -227,7 +272,10 @@ class Ruleset:
         return Chain(Role.PROXY, self._judged(PortMatch.DESTINATION))
 
     def _judged(self, port: PortMatch) -> tuple[Piece, ...]:
-        pieces: list[Piece] = [Established(), Allows(self.allows, port)]
+        pieces: list[Piece] = [Bans()] if self.bans else []
+        if self.denies:
+            pieces.append(Denies(self.denies, port))
+        pieces += [Established(), Allows(self.allows, port, self.default)]
         if self.log_dropped:
             pieces.append(LogDrops())
         return (*pieces, Default(self.default))
@@ -242,7 +290,8 @@ class Ruleset:
             chains.append(self.proxy_chain)
         if self.host is not None:
             dispatch.append(ToHost())
-            chains.append(self.host.chain)
+            host = self.host.chain
+            chains.append(Chain(host.role, (Bans(), *host.pieces)) if self.bans else host)
         if dispatch:
             chains.insert(1, Chain(Role.INPUT, tuple(dispatch)))
         return tuple(chains)

@@ -34,6 +34,18 @@ class PortRange:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
+@dataclass(frozen=True)
+class Limit:
+    """At most `rate` new connections per `per` from one source, `burst` at once."""
+
+    rate: int
+    per: str  # "second", "minute", "hour" or "day"
+    burst: int
+
+    def __str__(self) -> str:
+        return f"{self.rate}/{self.per} burst {self.burst}"
+
+
 class Cidr(NamedTuple):
     """One network: IP version (4 or 6), network address as an integer, prefix length."""
 

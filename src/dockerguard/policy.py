@@ -18,7 +18,7 @@ from typing import Any, Union
 
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
-from .net import ANY, PROTOCOLS, AddressError, Network, PortRange, parse_network
+from .net import ANY, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,18 +72,6 @@ class ContainerSelector:
         if self.container_ports:
             parts.append(f"container ports {','.join(map(str, self.container_ports))}")
         return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class Limit:
-    """At most `rate` new connections per `per` from one source, `burst` at once."""
-
-    rate: int
-    per: str  # "second", "minute", "hour" or "day"
-    burst: int
-
-    def __str__(self) -> str:
-        return f"{self.rate}/{self.per} burst {self.burst}"
 
 
 @dataclass(frozen=True)
@@ -404,10 +392,11 @@ class _Validator:
                 raise self.fail((*base, "limit_burst"), "limit_burst needs a limit, e.g. limit = \"20/minute\"")
             return None
         value = entry["limit"]
-        match = re.fullmatch(r"([0-9]{1,6})/(second|minute|hour|day)", value) if isinstance(value, str) else None
+        # No "/day": iptables' hashlimit cannot go below 1/hour (the nft and iptables drivers must agree).
+        match = re.fullmatch(r"([0-9]{1,6})/(second|minute|hour)", value) if isinstance(value, str) else None
         if match is None or int(match.group(1)) < 1:
-            raise self.fail((*base, "limit"), f'expected new connections per source as "N/second", "N/minute", '
-                                              f'"N/hour" or "N/day" (N >= 1), got {value!r}')
+            raise self.fail((*base, "limit"), f'expected new connections per source as "N/second", "N/minute" '
+                                              f'or "N/hour" (N >= 1), got {value!r}')
         burst = self._count(entry, (*base, "limit_burst")) or 5
         return Limit(int(match.group(1)), match.group(2), burst)
 

@@ -51,7 +51,12 @@ def test_plan_prints_the_exact_nft_transaction() -> None:
     commands = json.loads(result.stdout)["nftables"]
     assert {"add": {"table": {"family": "inet", "name": "dockerguard"}}} in commands
     rules = [c["add"]["rule"] for c in commands if "rule" in c.get("add", {})]
-    assert rules[-1]["comment"] == "default drop"
+    ours = [rule for rule in rules if rule["table"] == "dockerguard"]
+    assert ours[-1]["comment"] == "default drop"
+    # The bans table's ban sets are only ever added (what fail2ban put there stays), its chains refilled.
+    assert {"flush": {"chain": {"family": "inet", "table": "dockerguard_bans", "name": "bans_forward"}}} in commands
+    assert not any("set" in c.get("flush", {}) and c["flush"]["set"]["name"].startswith("bans_v") for c in commands)
+    assert {"delete": {"table": {"family": "inet", "name": "dockerguard_bans"}}} not in commands
 
 
 def test_missing_default_policy_file_is_reported(tmp_path: Path) -> None:

@@ -188,7 +188,9 @@ def test_export_nft_is_the_transaction_as_nft_text() -> None:
     assert lines[:3] == ["add table inet dockerguard", "delete table inet dockerguard", "add table inet dockerguard"]
     assert any("ct original proto-dst @allow_v4_tcp" in line for line in lines)
     assert any(line.startswith("add rule inet dockerguard external counter drop") for line in lines)
-    assert lines[-1].startswith("add rule inet dockerguard proxy counter drop")
+    ours = [line for line in lines if line.startswith("add rule inet dockerguard ")]
+    assert ours[-1].startswith("add rule inet dockerguard proxy counter drop")
+    assert "flush chain inet dockerguard_bans bans_forward" in lines
 
 
 def test_export_systemd_unit(tmp_path: Path) -> None:

@@ -24,6 +24,12 @@ NFT_CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy
 # allow_v4_tcp, host_v6_udp, ...: FORWARD and PROXY judge the same (source, port) pairs, so share sets.
 NFT_SET_PREFIX = {Role.FORWARD: "allow", Role.PROXY: "allow", Role.HOST: "host"}
 NFT_PUBLISHED_SET = "published"  # published_tcp, published_udp: the ports whose INPUT path is judged
+# The ban sets live in a table of their own that an apply never replaces (only its chains and port sets
+# are refilled), so what fail2ban or crowdsec put there survives applies, rollbacks and repairs. Its base
+# chains run before ours.
+NFT_BANS_TABLE = "dockerguard_bans"
+NFT_BANS_PRIORITY = -2
+NFT_BAN_SETS = {"bans_v4", "bans_v6"}
 
 # -- iptables (both flavours): our chains in table filter, jumped to from chains we do not own ----------
 IPTABLES_CHAIN = {Role.FORWARD: "DOCKERGUARD", Role.INPUT: "DOCKERGUARD-INPUT", Role.PROXY: "DOCKERGUARD-PROXY",

@@ -17,6 +17,9 @@ from ...model import Family
 from ...net import Network
 
 PREFIX = "dockerguard-"
+# The ban sets other tools write to (fail2ban, crowdsec, `dockerguard ban`): created once, never replaced
+# by an apply or a rollback, timeouts per entry.
+BAN_SETS = {Family.IPV4: f"{PREFIX}ban4", Family.IPV6: f"{PREFIX}ban6"}
 MIN_MAXELEM = 65536  # ipset's default; "Hash is full" beyond it (crowdsec-firewall-bouncer #260)
 _FAMILY = {Family.IPV4: "inet", Family.IPV6: "inet6"}
 
@@ -44,12 +47,20 @@ def destroy_text(names: Iterable[str]) -> str:
     return "".join(f"destroy {name}\n" for name in sorted(names))
 
 
+def ban_restore_text(existing: Iterable[str]) -> str:
+    """`ipset restore` input creating the ban sets that do not exist yet (`timeout 0`: entries may
+    carry their own timeout)."""
+    return "".join(f"create {name} hash:net family {_FAMILY[family]} timeout 0 maxelem {MIN_MAXELEM * 16}\n"
+                   for family, name in BAN_SETS.items() if name not in existing)
+
+
 def parse_save(text: str) -> dict[str, tuple[Family, Members]]:
-    """Our sets (name prefix) in `ipset save` output: name -> (family, sorted members)."""
+    """Our content sets (name prefix; the ban sets are not content) in `ipset save` output:
+    name -> (family, sorted members)."""
     sets: dict[str, tuple[Family, list[str]]] = {}
     for line in text.split("\n"):
         words = line.split()
-        if len(words) < 3 or not words[1].startswith(PREFIX):
+        if len(words) < 3 or not words[1].startswith(PREFIX) or words[1] in BAN_SETS.values():
             continue
         if words[0] == "create":
             family = Family.IPV6 if "inet6" in words[3:] else Family.IPV4

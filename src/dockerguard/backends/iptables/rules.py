@@ -26,6 +26,7 @@ to what we render and to what `iptables-save` prints, so read-back compares like
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,10 @@ from typing import Any
 from ...model import (
     AllowRule,
     Allows,
+    Bans,
     Chain,
     Default,
+    Denies,
     Established,
     Family,
     IcmpEcho,
@@ -47,7 +50,7 @@ from ...model import (
     ToProxy,
     Verdict,
 )
-from ...net import PROTOCOLS, AddressError, PortRange, network_of
+from ...net import PROTOCOLS, AddressError, Limit, PortRange, network_of
 from ..base import Exposure, InstalledRule, InstalledState, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 from . import ipsets
@@ -200,6 +203,47 @@ class Context:
     ipsets: bool = False  # large source groups as ipsets (`ipset` usable here)
 
 
+def bans(piece: Bans, chain: Chain, ctx: Context) -> list[str]:
+    """The family's ban set, first: everything from a banned source is dropped (needs ipset)."""
+    if not ctx.ipsets:
+        return []
+    return [_with_comment(f"-m set --match-set {ipsets.BAN_SETS[ctx.family]} src", "banned", "-j DROP")]
+
+
+def denies(piece: Denies, chain: Chain, ctx: Context) -> list[str]:
+    """Each deny's sources (one ipset, or one rule per source), to every port or to the ports given."""
+    rules: list[str] = []
+    for deny in piece.rules:
+        if deny.family is not ctx.family:
+            continue
+        comment = sanitize_comment(deny.comment) or "deny"
+        target = _refusal(deny.verdict, deny.proto, ctx.family)
+        # (-s part, match part): iptables-save prints -s/-p before any -m, so a set match goes after -p.
+        sources = ([("", f"-m set --match-set {ipsets.set_name(ctx.family, deny.sources)} src ")] if ctx.ipsets
+                   else [(f"-s {net} " if net.prefixlen else "", "") for net in deny.sources])
+        for address, set_match in sources:
+            if not deny.ports:
+                rules.append(_with_comment(f"{address}{set_match}".strip(), comment, target))
+                continue
+            proto = deny.proto or "tcp"
+            for span in deny.ports:
+                rules.append(_with_comment(f"{address}-p {proto} {set_match}{_port_match(proto, span, piece.port)}",
+                                           comment, target))
+    return rules
+
+
+def _refusal(verdict: Verdict, proto: str | None, family: Family) -> str:
+    if verdict is Verdict.DROP:
+        return "-j DROP"
+    return "-j REJECT --reject-with tcp-reset" if proto == "tcp" else f"-j REJECT --reject-with {_REJECT_WITH[family]}"
+
+
+def _port_match(proto: str, span: PortRange, port_match: PortMatch) -> str:
+    port = str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
+    return (f"-m conntrack --ctorigdstport {port}" if port_match is PortMatch.PUBLISHED
+            else f"-m {proto} --dport {port}")
+
+
 def established(piece: Established, chain: Chain, ctx: Context) -> list[str]:
     return [_with_comment("-m conntrack --ctstate RELATED,ESTABLISHED", "established,related", "-j RETURN")]
 
@@ -222,21 +266,65 @@ def allows(piece: Allows, chain: Chain, ctx: Context) -> list[str]:
     ipsets, a large group of sources sharing a port list (`SourceGroup.factored`) is one set instead,
     matched in one rule per port span where the group's first allow stood. A published port is
     conntrack's original destination port (before Docker's DNAT)."""
-    factored = {(group.ports, proto): group for proto in PROTOCOLS
+    factored = {(group.ports, proto, group.limit, group.max_connections): group for proto in PROTOCOLS
                 for group in piece.factored(ctx.family, proto)[0]} if ctx.ipsets else {}
+    checks: list[str] = []
     rules: list[str] = []
-    written: set[tuple[tuple[PortRange, ...], str]] = set()
+    written: set[tuple[Any, ...]] = set()
     for allow in piece.rules:
         if allow.family is not ctx.family:
             continue
-        key = (allow.ports, allow.proto)
+        key = (allow.ports, allow.proto, allow.limit, allow.max_connections)
         group = factored.get(key)
         if group is None:
+            checks += _limit_rules(allow, piece, ctx)
             rules += _allow_rules(allow, piece.port)
         elif key not in written:
             written.add(key)
-            rules += _allow_rules(allow, piece.port, ipsets.set_name(ctx.family, group.sources), len(group.sources))
-    return rules
+            name = ipsets.set_name(ctx.family, group.sources)
+            checks += _limit_rules(allow, piece, ctx, name)
+            rules += _allow_rules(allow, piece.port, name, len(group.sources))
+    return checks + rules  # every limit is checked before anything is let through
+
+
+def _limit_rules(allow: AllowRule, piece: Allows, ctx: Context, set_name: str = "") -> list[str]:
+    """Connections over an allow's limits get the chain's default: per source, new connections per time
+    (hashlimit) and open connections (connlimit)."""
+    if not allow.limited:
+        return []
+    target = _refusal(piece.over_limit, allow.proto, ctx.family)
+    sources = (("", f"-m set --match-set {set_name} src "),) if set_name else tuple(
+        (f"-s {net} " if net.prefixlen else "", "") for net in allow.sources)
+    name = hashlib.sha256(repr((allow.sources, allow.ports, allow.proto)).encode()).hexdigest()[:12]
+    checks = []
+    for address, set_match in sources:
+        for span in allow.ports:
+            match = (f"{address}-p {allow.proto} {set_match}-m conntrack --ctstate NEW "
+                     f"{_port_match(allow.proto, span, piece.port)}")
+            if allow.limit is not None:
+                limit = f"-m hashlimit --hashlimit-above {_hashlimit_rate(allow.limit)} --hashlimit-burst " \
+                        f"{allow.limit.burst} --hashlimit-mode srcip --hashlimit-name dg{name}"
+                checks.append(_with_comment(f"{match} {limit}", f"over {allow.limit.rate}/{allow.limit.per}", target))
+            if allow.max_connections is not None:
+                mask = 32 if ctx.family is Family.IPV4 else 128
+                connlimit = f"-m connlimit --connlimit-above {allow.max_connections} --connlimit-mask {mask} " \
+                            "--connlimit-saddr"
+                checks.append(_with_comment(f"{match} {connlimit}", f"over {allow.max_connections} connections",
+                                            target))
+    return checks
+
+
+_PER_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+def _hashlimit_rate(limit: Limit) -> str:
+    """The rate as iptables-save prints it: in the largest unit that keeps a whole number (60/minute is
+    1/sec), so that read-back compares like with like."""
+    per_hour = limit.rate * 3600 // _PER_SECONDS[limit.per]
+    for unit, seconds in (("sec", 1), ("min", 60), ("hour", 3600)):
+        if per_hour * seconds % 3600 == 0:
+            return f"{per_hour * seconds // 3600}/{unit}"
+    raise AssertionError("unreachable: every rate is whole per hour")
 
 
 def _allow_rules(allow: AllowRule, port_match: PortMatch, set_name: str = "", set_size: int = 0) -> list[str]:
@@ -295,6 +383,8 @@ def to_host(piece: ToHost, chain: Chain, ctx: Context) -> list[str]:
 
 
 _PIECES: dict[type, Callable[[Any, Chain, Context], list[str]]] = {
+    Bans: bans,
+    Denies: denies,
     Established: established,
     NeighbourDiscovery: neighbour_discovery,
     IcmpEcho: icmp_echo,
@@ -313,10 +403,12 @@ def chain_rules(chain: Chain, family: Family, use_ipsets: bool = False) -> tuple
 
 
 def chain_sets(chain: Chain, family: Family) -> dict[str, ipsets.Members]:
-    """The ipsets the chain's rules match when rendered with ipsets: name -> members."""
-    return {ipsets.set_name(family, group.sources): ipsets.members(group.sources)
-            for piece in chain.pieces if isinstance(piece, Allows) for proto in PROTOCOLS
-            for group in piece.factored(family, proto)[0]}
+    """The content ipsets the chain's rules match when rendered with ipsets: name -> members."""
+    groups = [group.sources for piece in chain.pieces if isinstance(piece, Allows) for proto in PROTOCOLS
+              for group in piece.factored(family, proto)[0]]
+    groups += [deny.sources for piece in chain.pieces if isinstance(piece, Denies) for deny in piece.rules
+               if deny.family is family]
+    return {ipsets.set_name(family, sources): ipsets.members(sources) for sources in groups}
 
 
 def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:

@@ -13,10 +13,10 @@ from ...errors import StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
 from ...net import PortRange, parse_network
 from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
-from ..common import NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
+from ..common import NFT_BANS_TABLE, NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
-from .readback import exposure_of, path_findings, state_of
-from .render import REPLACE_TABLE, TABLE, Transaction, transaction
+from .readback import dynamic_set, exposure_of, path_findings, state_of
+from .render import BANS_TABLE, DELETE_BANS, REPLACE_TABLE, TABLE, Transaction, transaction, upkeep_commands
 
 _OBJECT_KINDS = ("chain", "set", "rule")
 
@@ -73,7 +73,7 @@ class NftBackend(Backend):
         return Rendered(self.name, built.text, built.payload)
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
-        return state_of(list(self.transaction(ruleset).objects), self._ipv6_prefixes_unreadable())
+        return state_of(self.transaction(ruleset).state_objects, self._ipv6_prefixes_unreadable())
 
     def render_persistent(self, ruleset: Ruleset, family: Family) -> str:
         """The same transaction as `render`, written as an `nft -f` file (both families: one inet table)."""
@@ -98,7 +98,7 @@ class NftBackend(Backend):
         if objects is None:
             return None, Snapshot(self.name, None)
         return (state_of(objects, self._ipv6_prefixes_unreadable()),
-                Snapshot(self.name, [_without_handle(item) for item in objects]))
+                Snapshot(self.name, [_snapshot_form(item) for item in objects]))
 
     def generation(self) -> int | None:
         return self.client.generation()
@@ -108,10 +108,13 @@ class NftBackend(Backend):
             self.remove()
             return
         objects = _checked_snapshot(snapshot.data)
-        self._send(Transaction(REPLACE_TABLE, objects).payload, "nftables refused to restore the snapshot")
+        ours = tuple(item for item in objects if next(iter(item.values()))["table"] == NFT_TABLE)
+        bans = [item for item in objects if next(iter(item.values()))["table"] == NFT_BANS_TABLE]
+        self._send(Transaction(REPLACE_TABLE, ours, upkeep_commands(bans) if bans else DELETE_BANS).payload,
+                   "nftables refused to restore the snapshot")
 
     def remove(self) -> None:
-        self._send({"nftables": list(REPLACE_TABLE[:2])}, f"cannot delete table inet {NFT_TABLE}")
+        self._send({"nftables": [*REPLACE_TABLE[:2], *DELETE_BANS]}, f"cannot delete table inet {NFT_TABLE}")
 
     def exposure(self, state: InstalledState | None) -> Exposure:
         return exposure_of(state)
@@ -136,12 +139,19 @@ class NftBackend(Backend):
             raise TransactionError(f"{what}: {error.strip()}")
 
     def _list_table(self) -> list[dict[str, Any]] | None:
-        """Our table's objects as the kernel lists them; None when the table does not exist."""
-        rc, output, error = self.client.json_cmd({"nftables": [{"list": {"table": TABLE}}]}, json_output=True)
+        """Our tables' objects as the kernel lists them (the bans table's after the main one's); None when
+        the main table does not exist."""
+        objects = self._list(TABLE)
+        if objects is None:
+            return None
+        return objects + (self._list(BANS_TABLE) or [])
+
+    def _list(self, table: dict[str, str]) -> list[dict[str, Any]] | None:
+        rc, output, error = self.client.json_cmd({"nftables": [{"list": {"table": table}}]}, json_output=True)
         if rc != 0:
             if "No such file or directory" in error:
                 return None
-            raise TransactionError(f"cannot list table inet {NFT_TABLE}: {error.strip()}")
+            raise TransactionError(f"cannot list table inet {table['name']}: {error.strip()}")
         if self._nft_version is None:
             self._nft_version = metainfo_version(output)
         return [item for item in json.loads(output)["nftables"] if any(kind in item for kind in _OBJECT_KINDS)]
@@ -156,9 +166,12 @@ class NftBackend(Backend):
         return version_tuple(self._nft_version) < (1, 0)
 
 
-def _without_handle(item: dict[str, Any]) -> dict[str, Any]:
+def _snapshot_form(item: dict[str, Any]) -> dict[str, Any]:
+    """A listed object as we keep it: no handle; no elements of the sets whose elements are not ours to
+    restore (bans others wrote, limits' per-source state)."""
     (kind, body), = item.items()
-    return {kind: {key: value for key, value in body.items() if key != "handle"}}
+    dropped = {"handle", "elem"} if kind == "set" and dynamic_set(body["name"]) else {"handle"}
+    return {kind: {key: value for key, value in body.items() if key not in dropped}}
 
 
 def _checked_snapshot(data: Any) -> tuple[dict[str, Any], ...]:
@@ -174,7 +187,7 @@ def _checked_snapshot(data: Any) -> tuple[dict[str, Any], ...]:
         (kind, body), = item.items()
         if kind not in _OBJECT_KINDS or not isinstance(body, dict):
             raise StateError(f"the nft snapshot holds a {kind!r} object: only chains, sets and rules are restored")
-        if body.get("family") != "inet" or body.get("table") != NFT_TABLE:
+        if body.get("family") != "inet" or body.get("table") not in (NFT_TABLE, NFT_BANS_TABLE):
             raise StateError(f"the nft snapshot names table {body.get('family')} {body.get('table')}, "
                              f"not inet {NFT_TABLE}: refusing to restore it")
         objects.append({kind: body})

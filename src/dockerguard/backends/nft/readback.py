@@ -11,7 +11,7 @@ from typing import Any
 from ...model import Family, Role
 from ...net import PROTOCOLS, parse_address, range_cidrs
 from ..base import Exposure, InstalledRule, InstalledState, PathFinding, Span
-from ..common import NFT_CHAIN, NFT_PUBLISHED_SET, NFT_SET_PREFIX, NFT_TABLE
+from ..common import NFT_BAN_SETS, NFT_BANS_TABLE, NFT_CHAIN, NFT_PUBLISHED_SET, NFT_SET_PREFIX, NFT_TABLE
 
 
 def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
@@ -29,8 +29,8 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
             nft_set = item["set"]
             kind = "port" if nft_set.get("type") == "inet_service" else (
                 "address" if isinstance(nft_set.get("type"), str) else "pair")
-            elements = sorted({text for elem in nft_set.get("elem", [])
-                               for text in element_texts(elem, loose_ipv6_prefixes, kind)})
+            elements = [] if dynamic_set(nft_set["name"]) else sorted(
+                {text for elem in nft_set.get("elem", []) for text in element_texts(elem, loose_ipv6_prefixes, kind)})
             sets.append((nft_set["name"], tuple(elements)))
         elif "rule" in item:
             rule = item["rule"]
@@ -38,6 +38,12 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
             description = f"{rule.get('comment', '?')} -> {_verdict(rule['expr'])}"
             rules.append(InstalledRule(rule["chain"], description, packets, octets))
     return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)))
+
+
+def dynamic_set(name: str) -> bool:
+    """Sets whose elements are not ours to compare or restore: the ban sets (other tools write them) and
+    the per-source state of limits."""
+    return name in NFT_BAN_SETS or name.endswith(("_limit", "_conns"))
 
 
 def _verdict(statements: list[dict[str, Any]]) -> str:
@@ -106,10 +112,10 @@ def path_findings(chains: list[dict[str, Any]]) -> tuple[PathFinding, ...]:
     than ours runs first, and its drop is final before we judge (its accept is not: ours still runs).
     Equal priorities run in an unspecified order. The bridge family's forward hook is another path."""
     def ours(chain: dict[str, Any]) -> bool:
-        return chain.get("family") == "inet" and chain.get("table") == NFT_TABLE
+        return chain.get("family") == "inet" and chain.get("table") in (NFT_TABLE, NFT_BANS_TABLE)
 
     findings: list[PathFinding] = []
-    for chain in (c for c in chains if ours(c) and "hook" in c):
+    for chain in (c for c in chains if ours(c) and "hook" in c and c.get("table") == NFT_TABLE):
         hook, prio = chain["hook"], int(chain["prio"])
         others = [c for c in chains if not ours(c) and c.get("hook") == hook
                   and c.get("family") in ("ip", "ip6", "inet")]

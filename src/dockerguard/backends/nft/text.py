@@ -23,8 +23,21 @@ def json_to_text(payload: dict[str, Any]) -> str:
             continue
         (verb, body), = command.items()
         (kind, spec), = body.items()
-        lines.append(f"{verb} {_object(kind, spec)}")
+        if verb == "flush" or kind == "element":
+            lines.append(f"{verb} {_reference(kind, spec)}")
+        else:
+            lines.append(f"{verb} {_object(kind, spec)}")
     return "\n".join(lines) + "\n"
+
+
+def _reference(kind: str, spec: dict[str, Any]) -> str:
+    """`flush chain inet t c`, `element inet t s { 1, 2 }`: an object by name (and elements to add)."""
+    name = f"{kind} {spec['family']} {spec['table']} {spec['name']}"
+    if kind == "element":
+        return f"{name} {{ {', '.join(_value(element, quote=False) for element in spec['elem'])} }}"
+    if kind in ("chain", "set"):
+        return name
+    raise _unsupported(kind, spec)
 
 
 def _object(kind: str, spec: dict[str, Any]) -> str:
@@ -38,8 +51,12 @@ def _object(kind: str, spec: dict[str, Any]) -> str:
                 f"{spec['prio']}; policy {spec.get('policy', 'accept')}; }}")
     if kind == "set":
         parts = [f"type {' . '.join(_as_list(spec['type']))};"]
+        if "size" in spec:
+            parts.append(f"size {int(spec['size'])};")
         if spec.get("flags"):
             parts.append(f"flags {', '.join(_as_list(spec['flags']))};")
+        if "timeout" in spec:
+            parts.append(f"timeout {int(spec['timeout'])}s;")
         if spec.get("elem"):
             elements = ",\n\t".join(_value(element, quote=False) for element in spec["elem"])
             parts.append(f"elements = {{\n\t{elements}\n}};")
@@ -73,7 +90,13 @@ def _statement(statement: dict[str, Any]) -> str:
             return "reject with tcp reset"
         return f"reject with {arg['type']} {arg['expr']}"
     if name == "limit":
-        return f"limit rate {arg['rate']}/{arg.get('per', 'second')} burst {arg.get('burst', 5)} packets"
+        over = "over " if arg.get("inv") else ""
+        return f"limit rate {over}{arg['rate']}/{arg.get('per', 'second')} burst {arg.get('burst', 5)} packets"
+    if name == "ct count":
+        return f"ct count {'over ' if arg.get('inv') else ''}{int(arg['val'])}"
+    if name == "set" and arg.get("op") in ("add", "update"):  # a dynamic set: per-source state
+        statements = " ".join(_statement(item) for item in arg.get("stmt", []))
+        return f"{arg['op']} {arg['set']} {{ {_expression(arg['elem'])} {statements} }}"
     if name == "log":
         text = "log"
         if "prefix" in arg:
