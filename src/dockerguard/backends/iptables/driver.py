@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,8 +76,8 @@ class IptablesDriver(Backend):
         """Send one family's restore text as ONE atomic transaction, or raise TransactionError."""
         raise NotImplementedError
 
-    def _lock(self) -> contextlib.AbstractContextManager[object]:
-        """Held from reading the table to committing; nft transactions need no lock."""
+    def _lock(self, target: Iterable[Layout] = ()) -> contextlib.AbstractContextManager[object]:
+        """Held from reading the table to committing `target`; nft transactions need no lock."""
         return contextlib.nullcontext()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -134,8 +134,12 @@ class IptablesDriver(Backend):
         have = {name for layout in current.values() for name, _ in layout.sets}
         create = {name: (family, members) for family, layout in target.items() for name, members in layout.sets
                   if name not in have}
-        if create:
-            self._ipset(["restore"], ipsets.restore_text(create))
+        text = ipsets.restore_text(create) if create else ""
+        if any(ban in spec for layout in target.values() for _, specs in layout.chains for spec in specs
+               for ban in ipsets.BAN_SETS.values()):
+            text += ipsets.ban_restore_text(self._ipset(["list", "-n"]).stdout.split())
+        if text:
+            self._ipset(["restore"], text)
         return sorted(create)
 
     def _destroy_sets(self, names: Sequence[str]) -> None:
@@ -178,7 +182,7 @@ class IptablesDriver(Backend):
         """ipsets the new rules need first, then the rules of each family in one transaction each, then
         the ipsets nothing uses any more. A failure destroys what was created and puts back what was sent."""
         payload: IptablesPayload = rendered.payload
-        with self._lock():
+        with self._lock(payload.target.values()):
             before = self._layouts()
             created = self._create_sets(before, payload.target)
             sent: list[Family] = []
@@ -227,9 +231,9 @@ class IptablesDriver(Backend):
 
     def restore(self, snapshot: Snapshot) -> None:
         errors: list[str] = []
-        with self._lock():
+        wanted = {family: Layout.from_json(snapshot.data[rules.family_label(family)]) for family in Family}
+        with self._lock(wanted.values()):
             before = self._layouts()
-            wanted = {family: Layout.from_json(snapshot.data[rules.family_label(family)]) for family in Family}
             self._create_sets(before, wanted)
             for family in Family:
                 try:
@@ -271,7 +275,7 @@ class IptablesDriver(Backend):
                 if current.installed:
                     self._send(family, rules.restore_text(
                         family, rules.transition(current, rules.removal_target(current))))
-            self._destroy_sets(_unused(before, {}))
+            self._destroy_sets([*_unused(before, {}), *ipsets.BAN_SETS.values()])
 
 
 def _unused(before: dict[Family, Layout], target: dict[Family, Layout]) -> list[str]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from ...errors import TransactionError
@@ -38,6 +38,7 @@ from ..base import ProbeResult
 from ..common import run_tool
 from . import rules
 from .driver import IptablesDriver, ipset_detail, probe_binaries
+from .rules import Layout
 
 LOCK_WAIT = 5.0  # seconds, like `iptables -w 5`
 _RULE_ATTRIBUTES = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
@@ -95,17 +96,21 @@ class IptablesLegacyBackend(IptablesDriver):
                     break
         return cls._refusal or None
 
-    def _lock(self) -> contextlib.AbstractContextManager[object]:
-        if self._python_iptables_refusal() is not None:
+    def _lock(self, target: Iterable[Layout] = ()) -> contextlib.AbstractContextManager[object]:
+        if self._python_iptables_refusal() is not None or _rate_limited(target):
             return contextlib.nullcontext()  # iptables-legacy-restore -w takes the lock itself
         return xtables_lock()
 
     def _send(self, family: Family, text: str) -> None:
-        if self._python_iptables_refusal() is not None:
-            # The same restore text, as one iptables-legacy-restore transaction per family.
+        # python-iptables 1.2.0 builds hashlimit matches the kernel refuses at commit (EINVAL, every
+        # revision): a transaction adding rate limits goes through iptables-legacy-restore, the same text,
+        # also one transaction. (`_lock` knows from the target, before reading the table.)
+        if self._python_iptables_refusal() is not None or "-m hashlimit" in text:
             self._restore(family, text)
             return
         label = rules.family_label(family)
+        current = self.read_table(family)  # under the xtables lock: positions hold until the commit
+        live = {chain: [rule.spec for rule in current.chain(chain)] for chain in current.chains}
         try:
             iptc = _iptc()
             table = _private_table(iptc, family)
@@ -115,7 +120,7 @@ class IptablesLegacyBackend(IptablesDriver):
         try:
             for number, line in enumerate(text.split("\n"), start=1):
                 try:
-                    _apply_line(iptc, table, family, line)
+                    _apply_line(iptc, table, family, line, live)
                 except Exception as exc:  # python-iptables raises IPTCError, XTablesError, ValueError, ...
                     raise TransactionError(f"python-iptables refused {label} line {number} ({line!r}): "
                                            f"{_message(exc)}; nothing was committed") from exc
@@ -126,6 +131,10 @@ class IptablesLegacyBackend(IptablesDriver):
                                        f"{_message(exc)}") from exc
         finally:
             table.close()
+
+
+def _rate_limited(target: Iterable[Layout]) -> bool:
+    return any("-m hashlimit" in spec for layout in target for _, specs in layout.chains for spec in specs)
 
 
 # One of each rule form rules.py emits, parsed (never committed) to find out whether python-iptables
@@ -153,8 +162,9 @@ def _private_table(iptc: Any, family: Family) -> Any:
     return table
 
 
-def _apply_line(iptc: Any, table: Any, family: Family, line: str) -> None:
-    """Do one iptables-restore `--noflush` line on the handle (the subset rules.py emits)."""
+def _apply_line(iptc: Any, table: Any, family: Family, line: str, live: dict[str, list[str]]) -> None:
+    """Do one iptables-restore `--noflush` line on the handle (the subset rules.py emits). `live` holds each
+    chain's canonical specs as the transaction goes, to find the entry a `-D` means by its position."""
     if not line or line.startswith("#") or line in ("*filter", "COMMIT"):
         return
     if line.startswith("*"):
@@ -165,21 +175,33 @@ def _apply_line(iptc: Any, table: Any, family: Family, line: str) -> None:
             table.create_chain(chain)
         elif not table.builtin_chain(chain):
             table.flush_entries(chain)  # what iptables-restore --noflush does to a declared user chain
+        live[chain] = []
         return
     command, chain, rest = [*line.split(None, 2), "", ""][:3]
     if command == "-A":
         iptc.Chain(table, chain).append_rule(_rule(iptc, table, family, rest))
+        live.setdefault(chain, []).append(rules.canonical(rest))
     elif command == "-I":
         first, _, spec = rest.partition(" ")
         position, spec = (int(first), spec) if first.isdigit() else (1, rest)
         iptc.Chain(table, chain).insert_rule(_rule(iptc, table, family, spec), position - 1)  # 0-based here
+        live.setdefault(chain, []).insert(position - 1, rules.canonical(spec))
     elif command == "-D":
-        # Matched like `iptables -D CHAIN spec`: python-iptables builds the same entry and mask.
-        iptc.Chain(table, chain).delete_rule(_rule(iptc, table, family, rest))
+        # The entry as the kernel holds it, by position: an entry python-iptables builds from the spec
+        # differs in its bytes from one iptables(-restore) made, so libiptc would not find it.
+        specs = live.get(chain, [])
+        canonical = rules.canonical(rest)
+        if canonical not in specs:
+            raise ValueError(f"no such rule in {chain}")
+        position = specs.index(canonical)
+        iptc.Chain(table, chain).delete_rule(iptc.Chain(table, chain).rules[position])
+        del specs[position]
     elif command == "-F":
         table.flush_entries(chain)
+        live[chain] = []
     elif command == "-X":
         table.delete_chain(chain)
+        live.pop(chain, None)
     else:
         raise ValueError(f"unsupported command {command!r}")
 

@@ -50,7 +50,7 @@ from ...model import (
     ToProxy,
     Verdict,
 )
-from ...net import PROTOCOLS, AddressError, Limit, PortRange, network_of
+from ...net import PROTOCOLS, AddressError, Limit, Network, PortRange, network_of
 from ..base import Exposure, InstalledRule, InstalledState, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 from . import ipsets
@@ -219,7 +219,8 @@ def denies(piece: Denies, chain: Chain, ctx: Context) -> list[str]:
         comment = sanitize_comment(deny.comment) or "deny"
         target = _refusal(deny.verdict, deny.proto, ctx.family)
         # (-s part, match part): iptables-save prints -s/-p before any -m, so a set match goes after -p.
-        sources = ([("", f"-m set --match-set {ipsets.set_name(ctx.family, deny.sources)} src ")] if ctx.ipsets
+        sources = ([("", f"-m set --match-set {ipsets.set_name(ctx.family, deny.sources)} src ")]
+                   if ctx.ipsets and _settable(deny.sources)
                    else [(f"-s {net} " if net.prefixlen else "", "") for net in deny.sources])
         for address, set_match in sources:
             if not deny.ports:
@@ -230,6 +231,11 @@ def denies(piece: Denies, chain: Chain, ctx: Context) -> list[str]:
                 rules.append(_with_comment(f"{address}-p {proto} {set_match}{_port_match(proto, span, piece.port)}",
                                            comment, target))
     return rules
+
+
+def _settable(sources: Sequence[Network]) -> bool:
+    """hash:net takes prefixes of 1 bit or more; "any" (collapsed to one /0) is matched without a set."""
+    return all(net.prefixlen for net in sources)
 
 
 def _refusal(verdict: Verdict, proto: str | None, family: Family) -> str:
@@ -267,7 +273,7 @@ def allows(piece: Allows, chain: Chain, ctx: Context) -> list[str]:
     matched in one rule per port span where the group's first allow stood. A published port is
     conntrack's original destination port (before Docker's DNAT)."""
     factored = {(group.ports, proto, group.limit, group.max_connections): group for proto in PROTOCOLS
-                for group in piece.factored(ctx.family, proto)[0]} if ctx.ipsets else {}
+                for group in piece.factored(ctx.family, proto)[0] if _settable(group.sources)} if ctx.ipsets else {}
     checks: list[str] = []
     rules: list[str] = []
     written: set[tuple[Any, ...]] = set()
@@ -408,7 +414,7 @@ def chain_sets(chain: Chain, family: Family) -> dict[str, ipsets.Members]:
               for group in piece.factored(family, proto)[0]]
     groups += [deny.sources for piece in chain.pieces if isinstance(piece, Denies) for deny in piece.rules
                if deny.family is family]
-    return {ipsets.set_name(family, sources): ipsets.members(sources) for sources in groups}
+    return {ipsets.set_name(family, sources): ipsets.members(sources) for sources in groups if _settable(sources)}
 
 
 def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
