@@ -436,7 +436,7 @@ def watch(
 
 @app.command()
 def export(
-    fmt: str = typer.Option(..., "--format", "-f", help="iptables-restore, nft or systemd."),
+    fmt: str = typer.Option(..., "--format", "-f", help="iptables-restore, ipset, nft or systemd."),
     config: str = PolicyOption,
     backend: Optional[str] = BackendOption,
     family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),

@@ -75,12 +75,14 @@ def test_our_base_chain_runs_before_dockers(host: DockerNftHost) -> None:
     host.apply(POLICY)
     forward = [o["chain"] for o in host.topo.nft_objects() if o.get("chain", {}).get("hook") == "forward"]
     ours = [c for c in forward if (c["family"], c["table"]) == ("inet", "dockerguard")]
+    bans = [c for c in forward if (c["family"], c["table"]) == ("inet", "dockerguard_bans")]
     dockers = [c for c in forward if c["table"] == DOCKER_NFT_TABLE]
     assert [c["name"] for c in dockers] == ["filter-FORWARD", "filter-FORWARD"], forward
-    assert len(ours) == 1, forward
+    assert len(ours) == 1 and len(bans) == 1, forward
     # Lower priority runs earlier on the same hook; equal priorities would leave the order undefined.
     assert all(ours[0]["prio"] < c["prio"] for c in dockers), forward
-    assert ours[0]["prio"] == min(c["prio"] for c in forward)
+    # Only our own bans table runs earlier still: what is banned is dropped before anything is judged.
+    assert bans[0]["prio"] < ours[0]["prio"] == min(c["prio"] for c in forward if c not in bans)
 
 
 

@@ -36,6 +36,10 @@ def dockerguard(netns: str, *args: str, check: bool = True) -> subprocess.Comple
 @pytest.mark.parametrize("backend", [b for b in ("iptables-nft", "iptables-legacy") if b in DRIVERS])
 def test_iptables_restore_export_is_a_complete_boot_file(fresh_netns: str, backend: str) -> None:
     flavour = backend.split("-", 1)[1]
+    # as netfilter-persistent does at boot: ipset-persistent's sets first (the bans, large source groups)
+    sets = dockerguard(fresh_netns, "export", "-f", "ipset", "-c", str(CLASSIC)).stdout
+    assert "create dockerguard-ban4 hash:net family inet timeout 0" in sets
+    subprocess.run(["ip", "netns", "exec", fresh_netns, "ipset", "restore"], input=sets, text=True, check=True)
     for family, tool in ((4, f"iptables-{flavour}-restore"), (6, f"ip6tables-{flavour}-restore")):
         text = dockerguard(fresh_netns, "export", "-f", "iptables-restore", "--family", str(family),
                            "-c", str(CLASSIC)).stdout

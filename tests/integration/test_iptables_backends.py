@@ -137,7 +137,8 @@ def test_apply_hooks_in_first_and_leaves_dockers_rules_alone(netns: str, name: s
         assert chain(after, "FORWARD").count("-A FORWARD -j DOCKER-USER") == 1
         assert chain(after, "DOCKER-USER") == [f"-A DOCKER-USER {OUR_JUMP}", "-A DOCKER-USER -j RETURN"]
         guard = chain(after, "DOCKERGUARD")
-        assert guard[0].endswith('--comment "established,related" -j RETURN')
+        assert guard[0].endswith(f"--match-set dockerguard-ban{family} src -m comment --comment banned -j DROP")
+        assert guard[1].endswith('--comment "established,related" -j RETURN')
         assert guard[-1] == '-A DOCKERGUARD -m comment --comment "default drop" -j DROP'
         assert any("--ctorigdstport 8443" in line for line in guard)
         assert without_ours(after) == without_ours(before[family])  # Docker's rules: all there, unchanged

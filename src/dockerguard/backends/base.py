@@ -154,6 +154,11 @@ class Backend(ABC):
         (`dockerguard export`). `family` matters only where a file holds one family."""
         raise UsageError(f"backend {self.name!r} has no persistent file format")
 
+    def render_persistent_sets(self, ruleset: Ruleset) -> str:
+        """The sets `render_persistent`'s rules use, as a file loaded before them at boot (ipset-persistent's
+        `ipsets`); "" when they use none."""
+        return ""
+
     def is_host_chain(self, chain: str) -> bool:
         """Does this chain (as named in InstalledState) hold the [host] section's rules?"""
         return False

@@ -167,8 +167,18 @@ class IptablesDriver(Backend):
         rules.v4 / rules.v6): it creates DOCKER-USER and FORWARD's jump to it, which dockerd then keeps.
         Both flavours load the same text."""
         nothing_yet = Layout(user_chain=False, managed=(), chains=())
-        lines = rules.transition(nothing_yet, rules.target_layout(ruleset, family))
+        lines = rules.transition(nothing_yet, rules.target_layout(ruleset, family, self._use_ipsets()))
         return rules.restore_text(family, lines, "for boot, before Docker starts: creates DOCKER-USER and the jumps")
+
+    def render_persistent_sets(self, ruleset: Ruleset) -> str:
+        """ipset-persistent's file: the ban sets and the content sets the rules match (`ipset restore`)."""
+        if not self._use_ipsets():
+            return ""
+        layouts = [rules.target_layout(ruleset, family, True) for family in Family]
+        sets = {name: (family, members) for family, layout in zip(Family, layouts) for name, members in layout.sets}
+        bans = any(ban in spec for layout in layouts for _, specs in layout.chains for spec in specs
+                   for ban in ipsets.BAN_SETS.values())
+        return (ipsets.ban_restore_text(()) if bans else "") + (ipsets.restore_text(sets) if sets else "")
 
     def _assumed(self) -> tuple[dict[Family, Layout], str | None]:
         """The live layouts when readable (the text is then exactly what apply sends now), else the
