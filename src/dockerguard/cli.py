@@ -365,11 +365,59 @@ def _who(sources: Optional[tuple[str, ...]]) -> str:
 
 @app.command()
 def remove(backend: Optional[str] = BackendOption) -> None:
-    """Delete everything dockerguard installed with this backend."""
-    engine = _engine(backend)
-    removed = engine.remove()
-    name = engine.backend()[0].name
-    out.print(f"removed dockerguard rules ({name})" if removed else f"nothing installed ({name})")
+    """Delete everything dockerguard installed (with --backend: with that backend only; without: with every
+    backend that holds rules of ours). `rollback` puts them back."""
+    removed = _engine(backend).remove()
+    out.print(f"removed dockerguard's rules ({', '.join(removed)})" if removed else
+              f"nothing installed{f' ({backend})' if backend else ''}")
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> Optional[int]:
+    """"3600", "90s", "30m", "1h", "2d" -> seconds; "-1", "0" or "" (fail2ban's permanent) -> None."""
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _DURATION else (text, "s")
+    if not (number.isascii() and number.lstrip("-").isdigit()):
+        raise UsageError(f"--timeout: expected seconds or a duration like 30m, 1h, 2d; got {text!r}")
+    seconds = int(number) * _DURATION[unit]
+    return seconds if seconds > 0 else None
+
+
+@app.command()
+def ban(
+    address: str = typer.Argument(..., help="Address or CIDR (IPv4 or IPv6)."),
+    timeout: str = typer.Option("", "--timeout", "-t", help="For how long: 3600, 30m, 1h, 2d (default: until unban)."),
+    backend: Optional[str] = BackendOption,
+) -> None:
+    """Drop everything from ADDRESS on every path dockerguard judges, until unbanned or the timeout ends.
+    The ban sets survive applies, rollbacks and `watch` repairs (fail2ban and crowdsec write to them too)."""
+    seconds = _seconds(timeout) if timeout else None
+    network = _engine(backend).ban(address, seconds)
+    out.print(f"banned {network}" + (f" for {seconds} s" if seconds else " until unbanned"), soft_wrap=True)
+
+
+@app.command()
+def unban(address: str = typer.Argument(..., help="Address or CIDR."), backend: Optional[str] = BackendOption) -> None:
+    """Take ADDRESS out of the ban sets."""
+    if not _engine(backend).unban(address):
+        out.print(f"{address} was not banned")
+        raise typer.Exit(1)
+    out.print(f"unbanned {address}")
+
+
+@app.command("bans")
+def list_bans(backend: Optional[str] = BackendOption, as_json: bool = JsonOption) -> None:
+    """List the banned sources and how long each ban still lasts."""
+    found = _engine(backend).bans()
+    if as_json:
+        _print_json([asdict(item) for item in found])
+        return
+    for item in found:
+        out.print(f"{item.network}  " + (f"{item.expires_in} s left" if item.expires_in else "until unbanned"))
+    if not found:
+        out.print("nobody is banned")
 
 
 @app.command()

@@ -23,7 +23,17 @@ from typing import Any, Optional
 
 from . import published
 from .audit import AuditReport, audit
-from .backends import Backend, InstalledState, PathFinding, Rendered, Snapshot, get_backend
+from .backends import (
+    DRIVERS,
+    Backend,
+    Ban,
+    InstalledState,
+    PathFinding,
+    Rendered,
+    Snapshot,
+    check_backend_name,
+    get_backend,
+)
 from .compiler import compile_policy
 from .containers import Resolution, resolve_containers
 from .detect import Detection, detect
@@ -37,10 +47,12 @@ from .errors import (
     PendingConfirmationError,
     RollbackError,
     StateError,
+    TransactionError,
     UsageError,
 )
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
+from .net import AddressError, Network, parse_network
 from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer, write_atomic
 
@@ -179,10 +191,12 @@ class Engine:
         return compile_policy(policy, self.discovery.ports)
 
     def backend(self, policy: Policy | None = None) -> tuple[Backend, Detection | None]:
+        """The driver asked for; else the policy's `backend`; without a policy, the one the state directory
+        says the rules were installed with; else what `auto` detects."""
         if self._resolved is None:
             requested = self._requested
             if requested is None:
-                requested = policy.backend if policy is not None else "auto"
+                requested = policy.backend if policy is not None else (self._recorded_backend() or "auto")
             if isinstance(requested, Backend):
                 self._resolved = (requested, None)
             elif requested == "auto":
@@ -192,6 +206,17 @@ class Engine:
             else:
                 self._resolved = (get_backend(requested), None)
         return self._resolved
+
+    def _recorded_backend(self) -> str | None:
+        """The backend of the last verified apply, else of the newest history entry (None: unknown)."""
+        try:
+            known = self.state.installed_record()
+            if known is not None:
+                return check_backend_name(known["backend"], allow_auto=False)
+            numbers = self.state.history_numbers()
+            return check_backend_name(self.state.entry(numbers[-1]).backend, allow_auto=False) if numbers else None
+        except (DockerguardError, OSError):
+            return None
 
     def plan(self, policy: Policy) -> Plan:
         backend, detection = self.backend(policy)
@@ -572,24 +597,63 @@ class Engine:
         return audit(backend.name, ruleset, backend.exposure(installed), self.discovery,
                      in_sync=installed == backend.expected(ruleset), path=backend.path_report())
 
-    def remove(self) -> bool:
-        """Delete everything dockerguard installed with this backend; False if nothing was there.
-        Recorded in the history like an apply, so `rollback` can put the rules back."""
-        backend, _ = self.backend()
-        backend.ensure_available()
+    def remove(self) -> tuple[str, ...]:
+        """Delete everything dockerguard installed: with the backend asked for, or, when none was, with every
+        backend that holds objects of ours. Returns the backends removed from (empty: nothing was there).
+        Each removal is recorded in the history like an apply, so `rollback` can put the rules back.
+        Raises when something of ours is still there afterwards: `remove` never reports a success it did
+        not achieve."""
+        if self._requested is not None:
+            backends = [self.backend()[0]]
+        else:
+            backends = [backend for backend in map(get_backend, DRIVERS) if backend.availability().available]
         record = _Recorder()
+        removed: list[str] = []
         with self.state.locked():
             pending = self._settle_pending(record)
-            installed = backend.installed()
-            if installed is None:
-                return False
-            if pending is not None:
-                raise PendingConfirmationError(_pending_message(pending.pending))
-            self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
-                            snapshot=backend.snapshot(), previous=installed)
-            self.state.forget_installed()
-            backend.remove()
-        return True
+            for backend in backends:
+                backend.ensure_available()
+                installed, snapshot = backend.read()
+                if installed is None:
+                    continue
+                if pending is not None:
+                    raise PendingConfirmationError(_pending_message(pending.pending))
+                self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
+                                snapshot=snapshot, previous=installed)
+                self.state.forget_installed()
+                backend.remove()
+                removed.append(backend.name)
+            left = [backend.name for backend in backends if backend.installed() is not None]
+        if left:
+            raise TransactionError(f"objects of dockerguard are still installed with {', '.join(left)} after remove")
+        return tuple(removed)
+
+    # -- bans ----------------------------------------------------------------------------------------
+    def ban(self, address: str, timeout: int | None = None) -> Network:
+        """Put a source into the ban sets (checked first on every judged path); `timeout` in seconds."""
+        network = _ban_network(address)
+        backend, _ = self.backend()
+        backend.ensure_available()
+        backend.ban(network, timeout)
+        return network
+
+    def unban(self, address: str) -> bool:
+        network = _ban_network(address)
+        backend, _ = self.backend()
+        backend.ensure_available()
+        return backend.unban(network)
+
+    def bans(self) -> tuple[Ban, ...]:
+        backend, _ = self.backend()
+        backend.ensure_available()
+        return backend.bans()
+
+
+def _ban_network(address: str) -> Network:
+    try:
+        return parse_network(address)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _stable(backend: Backend, generation: int | None) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dockerguard import ApplyError, Engine, RollbackError, parse_policy
+from dockerguard import ApplyError, Engine, RollbackError, UsageError, parse_policy
 from dockerguard.backends.fake import FakeBackend
 
 POLICY = parse_policy('[[allow]]\nports = [443]\n')
@@ -73,9 +73,9 @@ def test_failed_restore_raises_rollback_error(mocker) -> None:  # type: ignore[n
 def test_remove() -> None:
     fake = FakeBackend()
     engine = Engine(fake)
-    assert engine.remove() is False
+    assert engine.remove() == ()
     engine.apply(POLICY)
-    assert engine.remove() is True
+    assert engine.remove() == ("fake",)
     assert fake.kernel is None
 
 
@@ -104,3 +104,25 @@ def test_host_change_arms_the_guard_unless_disabled(mocker, tmp_path) -> None:  
     Engine(FakeBackend(), state_dir=tmp_path / "b").apply(HOST, guard=False)
     Engine(FakeBackend(), state_dir=tmp_path / "c").apply(POLICY)  # no [host]: no guard
     assert not armed.called
+
+
+def test_commands_without_a_backend_act_on_the_recorded_one(tmp_path: object) -> None:
+    """After `apply --backend nft`, a plain `status`/`remove` must not fall back to auto-detection."""
+    from dockerguard.backends.nft.driver import NftBackend
+    from dockerguard.backends.nft.fake_kernel import FakeNftKernel
+
+    kernel = FakeNftKernel()
+    Engine(NftBackend(kernel)).apply(POLICY)
+    plain = Engine()
+    assert plain._recorded_backend() == "nft"
+
+
+def test_ban_unban_and_list_on_the_fake() -> None:
+    fake = FakeBackend()
+    engine = Engine(fake)
+    assert str(engine.ban("198.51.100.7", 3600)) == "198.51.100.7/32"
+    engine.ban("2001:db8::/64")
+    assert [(b.network, b.expires_in) for b in engine.bans()] == [("198.51.100.7/32", 3600), ("2001:db8::/64", None)]
+    assert engine.unban("198.51.100.7") and not engine.unban("198.51.100.7")
+    with pytest.raises(UsageError, match="host bits"):
+        engine.ban("198.51.100.7/24")

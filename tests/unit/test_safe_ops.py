@@ -131,7 +131,7 @@ def test_rollback_with_another_backend_is_refused(rig: Rig) -> None:
 def test_remove_is_recorded_and_can_be_rolled_back(rig: Rig) -> None:
     rig.engine.apply(POLICY)
     installed = rig.fake.kernel
-    assert rig.engine.remove() is True
+    assert rig.engine.remove() == ("fake",)
     result = rig.engine.rollback()
     assert result.action == "remove" and rig.fake.kernel == installed
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import UsageError
-from .base import Backend, Exposure, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from .base import Backend, Ban, Exposure, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 
 DRIVERS: dict[str, str] = {
     "nft": "dockerguard.backends.nft.driver:NftBackend",
@@ -47,6 +47,7 @@ __all__ = [
     "BACKEND_CHOICES",
     "DRIVERS",
     "Backend",
+    "Ban",
     "Exposure",
     "InstalledRule",
     "InstalledState",

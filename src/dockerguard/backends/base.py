@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackendUnavailable, UsageError
 from ..model import Family, Role, Ruleset
+from ..net import Network
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,14 @@ class Exposure:
 
 
 @dataclass(frozen=True)
+class Ban:
+    """A banned source, and for how many more seconds (None: until unbanned)."""
+
+    network: str
+    expires_in: int | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Enough to put a driver's objects back exactly as they were; `data` is JSON-serialisable."""
 
@@ -174,6 +183,17 @@ class Backend(ABC):
         rules = tuple(rule for rule in state.rules if self.is_host_chain(rule.chain))
         sets = tuple(item for item in state.sets if self.is_host_set(item[0]))
         return (rules, sets) if rules or sets else ()
+
+    def ban(self, network: Network, timeout: int | None) -> None:
+        """Add `network` to the ban set of its family (for `timeout` seconds; None: until unbanned)."""
+        raise UsageError(f"backend {self.name!r} has no ban sets")
+
+    def unban(self, network: Network) -> bool:
+        """Take `network` out of the ban sets; False when it was not there."""
+        raise UsageError(f"backend {self.name!r} has no ban sets")
+
+    def bans(self) -> tuple[Ban, ...]:
+        raise UsageError(f"backend {self.name!r} has no ban sets")
 
     def exposure(self, state: InstalledState | None) -> Exposure:
         """What `state` (read back from this driver) lets through; drivers that cannot tell say nothing

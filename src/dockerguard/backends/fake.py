@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import TransactionError
 from ..model import Allows, Default, LogDrops, Piece, Role, Ruleset
-from .base import Backend, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+from ..net import Network
+from .base import Backend, Ban, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
 
 _SNAKE = re.compile(r"(?<=[a-z])(?=[A-Z])")
 CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host"}
@@ -37,6 +38,7 @@ class FakeBackend(Backend):
         self.transactions = 0  # how many times the "kernel" was written
         self.fail_next_apply = False
         self.corrupt_next_apply = False
+        self.banned: dict[str, int | None] = {}
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -52,6 +54,15 @@ class FakeBackend(Backend):
                  for chain in ruleset.chains for piece in chain.pieces for description in _describe(piece)]
         hooks = (f"interfaces {','.join(ruleset.interfaces)}", f"log_dropped {ruleset.log_dropped}")
         return InstalledState(self.name, hooks, tuple(rules))
+
+    def ban(self, network: Network, timeout: int | None) -> None:
+        self.banned[str(network)] = timeout
+
+    def unban(self, network: Network) -> bool:
+        return self.banned.pop(str(network), "gone") != "gone"
+
+    def bans(self) -> tuple[Ban, ...]:
+        return tuple(Ban(network, timeout) for network, timeout in sorted(self.banned.items()))
 
     def is_host_chain(self, chain: str) -> bool:
         return chain == CHAIN[Role.HOST]

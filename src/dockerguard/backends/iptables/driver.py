@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...errors import TransactionError
+from ...errors import StateError, TransactionError
 from ...model import Family, Ruleset
-from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ...net import Network
+from ..base import Backend, Ban, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import iptables_binary, run_tool, tool_complaint
 from . import ipsets, rules
 from .rules import Layout
@@ -151,6 +152,37 @@ class IptablesDriver(Backend):
     # -- Backend ---------------------------------------------------------------------------------
     def exposure(self, state: InstalledState | None) -> Exposure:
         return rules.exposure_of(state)
+
+    # -- bans: the ipsets dockerguard-ban4/6 ----------------------------------------------------------
+    def ban(self, network: Network, timeout: int | None) -> None:
+        name = self._ban_set(network)
+        self._ipset(["add", name, str(network), *(["timeout", str(timeout)] if timeout is not None else []),
+                     "-exist"])
+
+    def unban(self, network: Network) -> bool:
+        return self._ipset(["del", self._ban_set(network), str(network)], check=False).returncode == 0
+
+    def bans(self) -> tuple[Ban, ...]:
+        found = []
+        for family in Family:
+            self._ban_set_of(family)
+            for line in self._ipset(["save", ipsets.BAN_SETS[family]]).stdout.split("\n"):
+                words = line.split()
+                if len(words) >= 3 and words[0] == "add":
+                    expires = int(words[words.index("timeout") + 1]) if "timeout" in words else None
+                    member = words[2] if "/" in words[2] else f"{words[2]}/{32 if family is Family.IPV4 else 128}"
+                    found.append(Ban(member, expires or None))
+        return tuple(found)
+
+    def _ban_set(self, network: Network) -> str:
+        return self._ban_set_of(Family.IPV4 if network.version == 4 else Family.IPV6)
+
+    def _ban_set_of(self, family: Family) -> str:
+        name = ipsets.BAN_SETS[family]
+        if not self.ipsets_usable() or self._ipset(["list", "-n", name], check=False).returncode != 0:
+            raise StateError(f"the ban set {name} is not there: apply a policy with bans enabled first "
+                             "(the iptables drivers keep bans in ipsets: install ipset)")
+        return name
 
     def is_host_chain(self, chain: str) -> bool:
         return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-HOST"

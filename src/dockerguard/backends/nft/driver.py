@@ -9,14 +9,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...errors import StateError, TransactionError
+from ...errors import DockerguardError, StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
-from ...net import PortRange, parse_network
-from ..base import Backend, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ...net import Network, PortRange, parse_network
+from ..base import Backend, Ban, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
 from ..common import NFT_BANS_TABLE, NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
-from .readback import dynamic_set, exposure_of, path_findings, state_of
-from .render import BANS_TABLE, DELETE_BANS, REPLACE_TABLE, TABLE, Transaction, transaction, upkeep_commands
+from .readback import dynamic_set, element_texts, exposure_of, path_findings, state_of
+from .render import (
+    BANS_TABLE,
+    DELETE_BANS,
+    REPLACE_TABLE,
+    TABLE,
+    Transaction,
+    transaction,
+    upkeep_commands,
+)
+from .render import (
+    address_value as _address,
+)
 
 _OBJECT_KINDS = ("chain", "set", "rule")
 
@@ -119,6 +130,41 @@ class NftBackend(Backend):
     def exposure(self, state: InstalledState | None) -> Exposure:
         return exposure_of(state)
 
+    # -- bans ------------------------------------------------------------------------------------
+    def ban(self, network: Network, timeout: int | None) -> None:
+        value: Any = _address(network)
+        if timeout is not None:
+            value = {"elem": {"val": value, "timeout": timeout}}
+        self._ban_command("add", network, [value])
+
+    def unban(self, network: Network) -> bool:
+        if not any(ban.network == str(network) for ban in self.bans()):
+            return False
+        self._ban_command("delete", network, [_address(network)])
+        return True
+
+    def bans(self) -> tuple[Ban, ...]:
+        found = []
+        for family in Family:
+            rc, output, error = self.client.json_cmd({"nftables": [{"list": {"set": {
+                "family": "inet", "table": NFT_BANS_TABLE, "name": f"bans_v{family.value}"}}}]}, json_output=True)
+            if rc != 0:
+                raise _no_ban_sets(error)
+            for item in json.loads(output)["nftables"]:
+                for elem in item.get("set", {}).get("elem", []):
+                    expires = elem["elem"].get("expires") if isinstance(elem, dict) and "elem" in elem else None
+                    value = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
+                    found += [Ban(text, None if expires is None else int(expires))
+                              for text in element_texts(value, kind="address")]
+        return tuple(found)
+
+    def _ban_command(self, verb: str, network: Network, elements: list[Any]) -> None:
+        element = {"family": "inet", "table": NFT_BANS_TABLE, "name": f"bans_v{network.version}", "elem": elements}
+        rc, _, error = self.client.json_cmd({"nftables": [{verb: {"element": element}}]})
+        if rc != 0:
+            raise _no_ban_sets(error) if "No such file" in error else TransactionError(
+                f"nftables refused to {verb} {network} in the ban set: {error.strip()}")
+
     def is_host_chain(self, chain: str) -> bool:
         return chain == NFT_CHAIN[Role.HOST]
 
@@ -164,6 +210,11 @@ class NftBackend(Backend):
             _, output, _ = self.client.json_cmd({"nftables": [{"list": {"tables": {}}}]}, json_output=True)
             self._nft_version = metainfo_version(output)
         return version_tuple(self._nft_version) < (1, 0)
+
+
+def _no_ban_sets(error: str) -> DockerguardError:
+    return StateError(f"the ban sets (table inet {NFT_BANS_TABLE}) are not there: apply a policy with bans "
+                      f"enabled first ({error.strip() or 'no such table'})")
 
 
 def _snapshot_form(item: dict[str, Any]) -> dict[str, Any]:

@@ -398,6 +398,11 @@ def _element(element: Element) -> dict[str, Any]:
     return {"concat": [_address(element.source), _port(element.ports)]}
 
 
+def address_value(net: Network) -> Any:
+    """A network as nft's JSON writes a set element: a plain address, or a prefix."""
+    return _address(net)
+
+
 def _address(net: Network) -> Any:
     if net.prefixlen == net.max_prefixlen:
         return net.network_address
