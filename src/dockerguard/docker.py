@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import DockerUnavailable
+from .net import AddressError, format_address, parse_address
 
 if TYPE_CHECKING:
     import http.client
@@ -36,6 +38,14 @@ class ContainerInfo:
     name: str
     labels: tuple[tuple[str, str], ...]
     ports: tuple[PublishedPort, ...]
+    addresses: tuple[str, ...] = ()  # its IPv4 and IPv6 addresses on Docker networks
+    networks: tuple[str, ...] = ()  # the names of the networks it is attached to
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    bridge: str  # the host interface of a bridge network ("" for other drivers)
 
 
 def _unix_connection(path: str, timeout: float | None) -> http.client.HTTPConnection:
@@ -98,8 +108,20 @@ class DockerClient:
         return info
 
     def containers(self) -> list[ContainerInfo]:
-        """Running containers, with the host ports they publish."""
-        return [_container(raw) for raw in self._get_json("/containers/json")]
+        """Running containers, with the host ports they publish. Docker's answer is data from outside: a
+        field of the wrong type or out of range is left out (and said in `problems`), never a traceback."""
+        listed = self._get_json("/containers/json")
+        if not isinstance(listed, list):
+            raise DockerUnavailable(f"Docker API /containers/json answered {type(listed).__name__}, not a list")
+        self.problems: list[str] = []
+        return [_container(raw, self.problems) for raw in listed if isinstance(raw, dict)]
+
+    def networks(self) -> list[NetworkInfo]:
+        """Docker's networks, with the host bridge interface of each bridge network."""
+        listed = self._get_json("/networks")
+        if not isinstance(listed, list):
+            raise DockerUnavailable(f"Docker API /networks answered {type(listed).__name__}, not a list")
+        return [network for raw in listed if isinstance(raw, dict) for network in [_network(raw)] if network]
 
     def events(self, idle_timeout: float) -> Iterator[dict[str, Any] | None]:
         """Container and network events as they happen; yields None after `idle_timeout` seconds without
@@ -146,13 +168,54 @@ class DockerClient:
             connection.close()
 
 
-def _container(raw: dict[str, Any]) -> ContainerInfo:
-    names = raw.get("Names") or ["/" + raw.get("Id", "?")[:12]]
+def _container(raw: dict[str, Any], problems: list[str]) -> ContainerInfo:
+    ident = raw.get("Id") if isinstance(raw.get("Id"), str) else ""
+    names = raw.get("Names")
+    name = names[0].lstrip("/") if isinstance(names, list) and names and isinstance(names[0], str) else ident[:12]
     ports = []
-    for port in raw.get("Ports") or []:
-        if "PublicPort" in port:  # unpublished exposed ports have no PublicPort
-            ports.append(PublishedPort(int(port["PrivatePort"]), str(port.get("Type", "tcp")),
-                                       int(port["PublicPort"]), str(port.get("IP", ""))))
-    labels = tuple(sorted((str(k), str(v)) for k, v in (raw.get("Labels") or {}).items()))
-    return ContainerInfo(str(raw.get("Id", "")), names[0].lstrip("/"), labels, tuple(sorted(set(ports),
-                         key=lambda p: (p.host_port, p.proto, p.host_ip))))
+    for port in raw.get("Ports") if isinstance(raw.get("Ports"), list) else []:
+        if not isinstance(port, dict) or "PublicPort" not in port:  # unpublished exposed ports have none
+            continue
+        private, public, proto, address = port.get("PrivatePort"), port.get("PublicPort"), port.get("Type", "tcp"), \
+            port.get("IP", "")
+        if not (_port(private) and _port(public) and proto in ("tcp", "udp") and isinstance(address, str)):
+            problems.append(f"container {name}: ignored a published port Docker described as {port!r:.200}")
+            continue
+        ports.append(PublishedPort(private, proto, public, address))
+    labels_raw = raw.get("Labels") if isinstance(raw.get("Labels"), dict) else {}
+    labels = tuple(sorted((str(k), str(v)) for k, v in labels_raw.items()))
+    settings = raw.get("NetworkSettings") if isinstance(raw.get("NetworkSettings"), dict) else {}
+    attached = settings.get("Networks") if isinstance(settings.get("Networks"), dict) else {}
+    addresses = []
+    for details in attached.values():
+        for key in ("IPAddress", "GlobalIPv6Address"):
+            value = details.get(key) if isinstance(details, dict) else None
+            if isinstance(value, str) and value:
+                try:
+                    version, number = parse_address(value)
+                except AddressError:
+                    problems.append(f"container {name}: ignored the address {value!r:.60}")
+                    continue
+                addresses.append(format_address(version, number))
+    published = tuple(sorted(set(ports), key=lambda p: (p.host_port, p.proto, p.host_ip)))
+    return ContainerInfo(ident, name, labels, published, tuple(sorted(set(addresses))),
+                         tuple(sorted(str(key) for key in attached)))
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def _network(raw: dict[str, Any]) -> NetworkInfo | None:
+    name, ident = raw.get("Name"), raw.get("Id")
+    if not isinstance(name, str) or not isinstance(ident, str):
+        return None
+    options = raw.get("Options") if isinstance(raw.get("Options"), dict) else {}
+    bridge = ""
+    if raw.get("Driver") == "bridge":
+        default = "docker0" if name == "bridge" else f"br-{ident[:12]}"
+        bridge = options.get("com.docker.network.bridge.name") or default
+    return NetworkInfo(name, bridge if isinstance(bridge, str) and _IFNAME.fullmatch(bridge) else "")
