@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .model import AllowRule, DenyRule, Family, HostRules, Ruleset, Verdict
+from .containers import ResolvedEgress, resolve_egress
+from .model import AllowRule, DenyRule, EgressRule, Family, HostRules, Ruleset, Verdict
 from .net import PROTOCOLS, Network, PortRange, collapse
 from .policy import Allow, Policy, SetRef, Source
 
 
-def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = ()) -> Ruleset:
+def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = (),
+                   egress: tuple[ResolvedEgress, ...] | None = None) -> Ruleset:
     """`published`: the (protocol, host port) pairs Docker publishes now (dockerguard.published); their
-    INPUT path is judged unless the policy says `filter_proxy_path = false`."""
-    if policy.uses_containers:
+    INPUT path is judged unless the policy says `filter_proxy_path = false`. `egress`: the [[egress]]
+    entries with their containers and networks looked up (containers.resolve_egress)."""
+    if any(entry.containers is not None for entry in policy.allow):
         raise ValueError("container selectors must be resolved first (dockerguard.containers.resolve_containers)")
+    if egress is None:
+        if any(entry.containers is not None or entry.networks for entry in policy.egress):
+            raise ValueError("egress selectors must be resolved first (dockerguard.containers.resolve_egress)")
+        egress = resolve_egress(policy, [], [])
     host = None
     if policy.host is not None:
         host = HostRules(_allow_rules(policy, policy.host.allow), policy.host.icmp_echo,
@@ -27,7 +34,31 @@ def compile_policy(policy: Policy, published: Iterable[tuple[str, int]] = ()) ->
         published=_published(published) if policy.filter_proxy_path else None,
         denies=_deny_rules(policy),
         bans=policy.bans,
+        egress=_egress_rules(policy, egress),
+        egress_default=_EGRESS_VERDICT[policy.egress_default],
     )
+
+
+_EGRESS_VERDICT = {"allow": "accept", "drop": "drop", "reject": "reject"}
+
+
+def _egress_rules(policy: Policy, resolved: tuple[ResolvedEgress, ...]) -> tuple[EgressRule, ...]:
+    """Per entry and family, in policy order; an entry whose containers or networks are not there now
+    matches nothing and is left out."""
+    rules: list[EgressRule] = []
+    for item in resolved:
+        if not item.selected:
+            continue
+        entry = item.entry
+        sources = dict(_by_family(collapse(item.sources)))
+        destinations = dict(_by_family(collapse(_resolve_sources(policy, entry.destinations))))
+        for family in Family:
+            if family not in destinations or (item.sources and family not in sources):
+                continue  # nothing of this family is selected
+            rules.append(EgressRule(family, item.interfaces, sources.get(family, ()), destinations[family],
+                                    _merge_ports(entry.ports), entry.proto, _EGRESS_VERDICT[entry.action],
+                                    entry.comment))
+    return tuple(rules)
 
 
 def _deny_rules(policy: Policy) -> tuple[DenyRule, ...]:

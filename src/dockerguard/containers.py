@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .docker import ContainerInfo, PublishedPort
-from .policy import Allow, ContainerSelector, Policy, PortRange
+from .docker import ContainerInfo, NetworkInfo, PublishedPort
+from .net import Network, parse_network
+from .policy import Allow, ContainerSelector, Egress, Policy, PortRange, SetRef
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,36 @@ def _wanted(entry: Allow, port: PublishedPort) -> bool:
         return False
     wanted = entry.containers.container_ports if entry.containers else ()
     return not wanted or any(span.first <= port.container_port <= span.last for span in wanted)
+
+
+@dataclass(frozen=True)
+class ResolvedEgress:
+    """An [[egress]] entry with its selection looked up: the containers' addresses (`sources`, added to
+    the entry's own) and the bridges of its networks (`interfaces`). `selected` is False when it named
+    containers or networks and none is there now: then it matches nothing."""
+
+    entry: Egress
+    sources: tuple[Network, ...]
+    interfaces: tuple[str, ...]
+    selected: bool = True
+
+
+def resolve_egress(policy: Policy, containers: list[ContainerInfo], networks: list[NetworkInfo]
+                   ) -> tuple[ResolvedEgress, ...]:
+    bridges = {network.name: network.bridge for network in networks if network.bridge}
+    resolved = []
+    for entry in policy.egress:
+        sources: list[Network] = [source for source in entry.sources if not isinstance(source, SetRef)]
+        sources += [net for source in entry.sources if isinstance(source, SetRef)
+                    for net in policy.address_set(source.name).networks]
+        selected = True
+        if entry.containers is not None:
+            addresses = [parse_network(address) for container in containers if selects(entry.containers, container)
+                         for address in container.addresses]
+            sources += addresses
+            selected = bool(addresses)
+        interfaces = tuple(bridges[name] for name in entry.networks if name in bridges)
+        if entry.networks and not interfaces:
+            selected = False
+        resolved.append(ResolvedEgress(entry, tuple(sources), interfaces, selected))
+    return tuple(resolved)

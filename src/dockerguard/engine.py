@@ -35,10 +35,10 @@ from .backends import (
     get_backend,
 )
 from .compiler import compile_policy
-from .containers import Resolution, resolve_containers
+from .containers import Resolution, resolve_containers, resolve_egress
 from .detect import Detection, detect
 from .diff import Diff, diff_states
-from .docker import ContainerInfo, DockerClient
+from .docker import ContainerInfo, DockerClient, NetworkInfo
 from .errors import (
     ApplyError,
     ConfirmError,
@@ -169,6 +169,7 @@ class Engine:
         self.resolutions: tuple[Resolution, ...] = ()  # what container selectors resolved to last time
         self.discovery = published.Discovery()  # the published ports found last time, and by whom
         self._containers: list[ContainerInfo] = []  # what container entries were resolved against
+        self._networks: list[NetworkInfo] = []  # and egress entries' networks
 
     def compile(self, policy: Policy) -> Ruleset:
         """compile_policy, after looking up the host ports that container-selecting entries publish now
@@ -182,13 +183,17 @@ class Engine:
                 listed = client.containers()
             return listed
 
+        egress = None
         if policy.uses_containers:
             policy, self.resolutions = resolve_containers(policy, containers())
+            if any(entry.networks for entry in policy.egress):
+                self._networks = client.networks()
+            egress = resolve_egress(policy, containers(), self._networks)
             self._containers = listed or []
         if not policy.filter_proxy_path:
-            return compile_policy(policy)
+            return compile_policy(policy, egress=egress)
         self.discovery = self._discover(containers)
-        return compile_policy(policy, self.discovery.ports)
+        return compile_policy(policy, self.discovery.ports, egress)
 
     def backend(self, policy: Policy | None = None) -> tuple[Backend, Detection | None]:
         """The driver asked for; else the policy's `backend`; without a policy, the one the state directory
@@ -372,8 +377,9 @@ class Engine:
         docker-proxy path is judged) and the ports container entries resolve to."""
         client = self._docker or DockerClient(str(facts["docker_socket"]))
         containers = client.containers() if facts["uses_containers"] else None
+        networks = client.networks() if facts.get("uses_networks") else None
         ports = self._discover(client.containers).ports if facts["filter_proxy_path"] else None
-        return _inputs_digest(containers, ports)
+        return _inputs_digest(containers, ports, networks)
 
     def _remember(self, backend: Backend, policy: Policy, ruleset: Ruleset, verified: InstalledState | None,
                   generation: int | None) -> None:
@@ -381,12 +387,15 @@ class Engine:
         `generation` was read before the verifying read; kept only if still the same after it."""
         if policy.source_digest is None:
             return
+        uses_networks = any(entry.networks for entry in policy.egress)
         facts = {"backend": policy.backend, "docker_socket": policy.docker_socket,
-                 "uses_containers": policy.uses_containers, "filter_proxy_path": policy.filter_proxy_path}
+                 "uses_containers": policy.uses_containers, "filter_proxy_path": policy.filter_proxy_path,
+                 "uses_networks": uses_networks}
         self.state.write_installed({
             "backend": backend.name, "policy": policy.source_digest, "facts": facts, "ruleset": ruleset.digest,
             "inputs": _inputs_digest(self._containers if policy.uses_containers else None,
-                                     self.discovery.ports if policy.filter_proxy_path else None),
+                                     self.discovery.ports if policy.filter_proxy_path else None,
+                                     self._networks if uses_networks else None),
             "generation": _stable(backend, generation), "state": state_digest(verified)})
 
     @staticmethod
@@ -670,11 +679,13 @@ def state_digest(state: InstalledState | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _inputs_digest(containers: list[ContainerInfo] | None, ports: frozenset[tuple[str, int]] | None) -> str:
-    """The Docker facts a compiled ruleset depends on: containers (for container entries), published ports."""
-    listed = None if containers is None else sorted(
-        (c.name, sorted(map(repr, c.ports)), sorted(c.labels)) for c in containers)
-    return hashlib.sha256(json.dumps([listed, None if ports is None else sorted(ports)]).encode()).hexdigest()
+def _inputs_digest(containers: list[ContainerInfo] | None, ports: frozenset[tuple[str, int]] | None,
+                   networks: list[NetworkInfo] | None = None) -> str:
+    """The Docker facts a compiled ruleset depends on: containers (for container and egress entries),
+    published ports, networks (egress entries)."""
+    listed = None if containers is None else sorted(repr(container) for container in containers)
+    bridges = None if networks is None else sorted(repr(network) for network in networks)
+    return hashlib.sha256(json.dumps([listed, None if ports is None else sorted(ports), bridges]).encode()).hexdigest()
 
 
 def _clock(timestamp: float) -> str:

@@ -40,6 +40,7 @@ class Role(Enum):
     """What a chain judges. Drivers map each role to their own chain names (backends.common)."""
 
     FORWARD = "forward"  # forwarded traffic entering an external interface: the DOCKER-USER equivalent
+    EGRESS = "egress"  # forwarded traffic leaving through an external interface: containers' own connections
     INPUT = "input"  # traffic entering an external interface addressed to the host: dispatches only
     PROXY = "proxy"  # ... to a published port (docker-proxy listens there): the allows apply as on FORWARD
     HOST = "host"  # ... to anything else, judged by the policy's [host] section
@@ -47,7 +48,12 @@ class Role(Enum):
     @property
     def hook(self) -> str | None:
         """The netfilter hook whose packets enter this chain; None: only reached from another chain."""
-        return {Role.FORWARD: "forward", Role.INPUT: "input"}.get(self)
+        return {Role.FORWARD: "forward", Role.EGRESS: "forward", Role.INPUT: "input"}.get(self)
+
+    @property
+    def outgoing(self) -> bool:
+        """Entered by packets LEAVING through an external interface (else: entering through one)."""
+        return self is Role.EGRESS
 
 
 class PortMatch(Enum):
@@ -87,6 +93,22 @@ class DenyRule:
     ports: tuple[PortRange, ...]
     proto: str | None
     verdict: Verdict
+    comment: str
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """New connections from containers to the outside (one family) that come in through `interfaces`
+    (empty: any) from `sources` (empty: any) and go to `destinations` (and `ports` of `proto`) get
+    `verdict`: "accept", "drop" or "reject"."""
+
+    family: Family
+    interfaces: tuple[str, ...]
+    sources: tuple[Network, ...]
+    destinations: tuple[Network, ...]
+    ports: tuple[PortRange, ...]
+    proto: str | None
+    verdict: str
     comment: str
 
 
@@ -185,6 +207,15 @@ class Denies:
 
 
 @dataclass(frozen=True)
+class Egress:
+    """Containers' new connections to the outside: the first matching rule decides, else `default`
+    ("accept", "drop" or "reject")."""
+
+    rules: tuple[EgressRule, ...]
+    default: str
+
+
+@dataclass(frozen=True)
 class LogDrops:
     """What the default is about to refuse is logged (rate-limited)."""
 
@@ -212,7 +243,8 @@ class ToHost:
     """Everything else goes to the HOST chain ([host] in the policy)."""
 
 
-Piece = Union[Bans, Denies, Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default, ToProxy, ToHost]
+Piece = Union[Bans, Denies, Established, NeighbourDiscovery, IcmpEcho, Allows, LogDrops, Default, ToProxy, ToHost,
+              Egress]
 
 
 @dataclass(frozen=True)
@@ -262,6 +294,8 @@ class Ruleset:
     published: tuple[tuple[str, tuple[PortRange, ...]], ...] | None = None
     denies: tuple[DenyRule, ...] = ()
     bans: bool = False  # the ban sets are created and checked first on every path judged
+    egress: tuple[EgressRule, ...] = ()
+    egress_default: str = "accept"
 
     @property
     def forward_chain(self) -> Chain:
@@ -294,6 +328,8 @@ class Ruleset:
             chains.append(Chain(host.role, (Bans(), *host.pieces)) if self.bans else host)
         if dispatch:
             chains.insert(1, Chain(Role.INPUT, tuple(dispatch)))
+        if self.egress or self.egress_default != "accept":
+            chains.append(Chain(Role.EGRESS, (Established(), Egress(self.egress, self.egress_default))))
         return tuple(chains)
 
     def rules_for(self, family: Family, proto: str) -> tuple[AllowRule, ...]:

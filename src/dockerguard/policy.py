@@ -29,12 +29,14 @@ DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 MAX_POLICY_FILE = 16 << 20  # a policy with 100,000 inline sources is ~3 MiB
 MAX_SOURCES_FILE = 64 << 20  # FireHOL's largest lists are ~10 MiB
 DEFAULT_VERDICTS = ("drop", "reject")
+EGRESS_ACTIONS = ("allow", "drop", "reject")
 ANY_SOURCE = ANY
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_COMMENT = 100
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")  # Docker's network names
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
 
 
@@ -101,6 +103,23 @@ class Deny:
 
 
 @dataclass(frozen=True)
+class Egress:
+    """One [[egress]] entry: new connections that containers open to the outside (through an external
+    interface) get `action` when they come from the selected containers (`containers` by name/labels,
+    `networks` by Docker network, `sources` by address; none: every container) and go to `destinations`
+    (and `ports`). The first matching entry decides; none: the policy's `egress_default`."""
+
+    destinations: tuple[Source, ...]
+    action: str = "allow"  # "allow", "drop" or "reject"
+    containers: ContainerSelector | None = None
+    networks: tuple[str, ...] = ()
+    sources: tuple[Source, ...] = ()
+    ports: tuple[PortRange, ...] = ()
+    proto: str | None = None
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class HostPolicy:
     """The optional [host] section: the INPUT side, protecting the host itself on external interfaces."""
 
@@ -123,6 +142,8 @@ class Policy:
     filter_proxy_path: bool = True
     deny: tuple[Deny, ...] = ()
     bans: bool = True  # the ban sets other tools (fail2ban, crowdsec) write to are checked first
+    egress: tuple[Egress, ...] = ()
+    egress_default: str = "allow"  # what containers' other new connections to the outside get
     path: str | None = None
     # sha256 of the file's bytes (load_policy): the same bytes always mean the same policy.
     source_digest: str | None = None
@@ -131,8 +152,9 @@ class Policy:
 
     @property
     def uses_containers(self) -> bool:
-        """Whether applying needs the Docker API (some entry selects containers)."""
-        return any(entry.containers is not None for entry in self.allow)
+        """Whether applying needs the Docker API (some entry selects containers or networks)."""
+        return any(entry.containers is not None for entry in self.allow) or any(
+            entry.containers is not None or entry.networks for entry in self.egress)
 
     def address_set(self, name: str) -> AddressSet:
         for address_set in self.sets:
@@ -203,7 +225,9 @@ class _Validator:
     """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
 
     TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host",
-                "docker_socket", "filter_proxy_path", "deny", "bans")
+                "docker_socket", "filter_proxy_path", "deny", "bans", "egress", "egress_default")
+    EGRESS_KEYS = ("container", "labels", "networks", "sources", "destinations", "destinations_file", "ports",
+                   "proto", "action", "comment")
     ALLOW_KEYS = ("ports", "proto", "sources", "sources_file", "comment", "container", "labels", "container_ports",
                   "limit", "limit_burst", "max_connections")
     DENY_KEYS = ("sources", "sources_file", "ports", "proto", "action", "comment")
@@ -232,6 +256,10 @@ class _Validator:
         allow = self._allow_list(raw, (), set_names)
         host = self._host(raw["host"], set_names) if "host" in raw else None
         deny = self._deny_list(raw, set_names, default)
+        egress = self._egress_list(raw, set_names)
+        egress_default = raw.get("egress_default", "allow")
+        if egress_default not in EGRESS_ACTIONS:
+            raise self.fail(("egress_default",), f"expected one of {', '.join(EGRESS_ACTIONS)}, got {egress_default!r}")
         return Policy(
             backend=backend,
             external_interfaces=self._interfaces(raw.get("external_interfaces", ["eth0"])),
@@ -244,6 +272,8 @@ class _Validator:
             filter_proxy_path=filter_proxy_path,
             deny=deny,
             bans=self._bool(raw, "bans", True),
+            egress=egress,
+            egress_default=str(egress_default),
             path=None if self.filename.startswith("<") else self.filename,
             source_files=tuple(sorted(self.files.items())),
         )
@@ -431,6 +461,38 @@ class _Validator:
             raise self.fail((*base, "action"), f"expected 'drop' or 'reject', got {action!r}")
         return Deny(self._entry_sources(entry, base, set_names), ports, proto, str(action),
                     self._comment(entry, base))
+
+    def _egress_list(self, table: Mapping[str, Any], set_names: set[str]) -> tuple[Egress, ...]:
+        entries = table.get("egress", [])
+        if not isinstance(entries, list):
+            raise self.fail(("egress",), "expected [[egress]] tables")
+        return tuple(self._egress(entry, ("egress", index), set_names) for index, entry in enumerate(entries))
+
+    def _egress(self, entry: Any, base: tuple[str | int, ...], set_names: set[str]) -> Egress:
+        if not isinstance(entry, dict):
+            raise self.fail(base, "expected a table")
+        self._no_unknown_keys(entry, self.EGRESS_KEYS, base)
+        action = entry.get("action", "allow")
+        if action not in EGRESS_ACTIONS:
+            raise self.fail((*base, "action"), f"expected one of {', '.join(EGRESS_ACTIONS)}, got {action!r}")
+        networks = entry.get("networks", [])
+        if not isinstance(networks, list) or not all(isinstance(n, str) and _NETWORK_NAME.match(n) for n in networks):
+            raise self.fail((*base, "networks"), 'expected a list of Docker network names, e.g. ["backend"]')
+        containers = self._containers(entry, base) if any(key in entry for key in ("container", "labels")) else None
+        ports = self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else ()
+        proto = entry.get("proto", "tcp" if ports else None)
+        if proto is not None and proto not in PROTOCOLS:
+            raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
+        if "proto" in entry and not ports:
+            raise self.fail((*base, "proto"), "proto narrows 'ports'; without ports every protocol matches")
+        destinations = (self._sources(entry.get("destinations", ["any"]), (*base, "destinations"), set_names)
+                        if "destinations_file" not in entry else
+                        self._entry_sources({"sources_file": entry["destinations_file"],
+                                             **({"sources": entry["destinations"]} if "destinations" in entry else {})},
+                                            base, set_names))
+        sources = self._sources(entry["sources"], (*base, "sources"), set_names) if "sources" in entry else ()
+        return Egress(destinations, str(action), containers, tuple(networks), sources, ports, proto,
+                      self._comment(entry, base))
 
     def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from dockerguard.backends import DRIVERS
-from dockerguard.sandbox import HOST_EXT_V4, HOST_EXT_V6, PROXY_PORT, Topology
+from dockerguard.sandbox import CTR_V4, CTR_V6, EGRESS_PORT, HOST_EXT_V4, HOST_EXT_V6, PROXY_PORT, Probe, Topology
 
 from guarded import Host, ext
+from harness import probe_outcomes
 
 CASES = [(backend, flavour) for backend, flavour in [
     ("nft", "iptables-nft"),
@@ -104,3 +105,29 @@ def test_rate_limit_per_source(host: Host) -> None:
     assert all(result.ok for result in first)
     host.expect({ext(4, 11, 8080): False, ext(6, 11, 8080): False,  # the next within the minute: over
                  ext(4, 12, 8080): True})
+
+
+def outbound(family: int, last: int, port: int = EGRESS_PORT) -> Probe:
+    """The container connecting out to an external address ending in `last`."""
+    return Probe("ctr", f"198.51.100.{last}" if family == 4 else f"2001:db8:100::{last}", port,
+                 src=CTR_V4 if family == 4 else CTR_V6)
+
+
+@pytest.mark.distro
+def test_egress_default_drop_allows_only_what_the_policy_lists(host: Host) -> None:
+    host.apply('egress_default = "drop"\n' + OPEN +
+               '[[egress]]\ndestinations = ["198.51.100.11", "2001:db8:100::11"]\nports = [7000]\n'
+               'comment = "the one partner"\n')
+    host.expect({
+        outbound(4, 11): True, outbound(6, 11): True,  # allowed (and the replies come back)
+        outbound(4, 12): False, outbound(6, 12): False,  # the default
+        ext(4, 12, 8080): True, ext(6, 12, 8080): True,  # inbound published ports: the allows, as before
+    })
+
+
+def test_egress_entries_refuse_named_destinations_and_leave_the_rest(host: Host) -> None:
+    host.apply(OPEN + '[[egress]]\nsources = ["192.0.2.0/24", "2001:db8:2::/64"]\n'
+               'destinations = ["198.51.100.12", "2001:db8:100::12"]\naction = "reject"\n')
+    outcomes = probe_outcomes(host.topo, [outbound(4, 12), outbound(6, 12)])
+    assert outcomes == ["refused", "refused"]  # rejected, not dropped
+    host.expect({outbound(4, 11): True, outbound(6, 11): True})  # egress_default: allow

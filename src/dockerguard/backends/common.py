@@ -20,7 +20,8 @@ LOG_PREFIX = {Role.FORWARD: "dockerguard-drop: ", Role.PROXY: "dockerguard-proxy
 NFT_TABLE = "dockerguard"  # `table inet dockerguard`
 NFT_PRIORITY = -1  # "filter - 1": before iptables-nft's and Docker's filter chains at priority 0
 # Roles entered from a hook get a base chain named after the hook (`Role.hook`), which jumps here:
-NFT_CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host"}
+NFT_CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host",
+             Role.EGRESS: "egress"}
 # allow_v4_tcp, host_v6_udp, ...: FORWARD and PROXY judge the same (source, port) pairs, so share sets.
 NFT_SET_PREFIX = {Role.FORWARD: "allow", Role.PROXY: "allow", Role.HOST: "host"}
 NFT_PUBLISHED_SET = "published"  # published_tcp, published_udp: the ports whose INPUT path is judged
@@ -33,11 +34,13 @@ NFT_BAN_SETS = {"bans_v4", "bans_v6"}
 
 # -- iptables (both flavours): our chains in table filter, jumped to from chains we do not own ----------
 IPTABLES_CHAIN = {Role.FORWARD: "DOCKERGUARD", Role.INPUT: "DOCKERGUARD-INPUT", Role.PROXY: "DOCKERGUARD-PROXY",
-                  Role.HOST: "DOCKERGUARD-HOST"}
-IPTABLES_ENTRY = {Role.FORWARD: "DOCKER-USER", Role.INPUT: "INPUT"}  # where the jumps to our chains sit
+                  Role.HOST: "DOCKERGUARD-HOST", Role.EGRESS: "DOCKERGUARD-EGRESS"}
+# where the jumps to our chains sit (one per external interface: -i IFACE, or -o IFACE for EGRESS)
+IPTABLES_ENTRY = {Role.FORWARD: "DOCKER-USER", Role.EGRESS: "DOCKER-USER", Role.INPUT: "INPUT"}
 
 # What the jump into a hook's chain says about the traffic it judges ("judge forwarded traffic ...").
-ROLE_TRAFFIC = {Role.FORWARD: "forwarded", Role.INPUT: "host"}
+ROLE_TRAFFIC = {Role.FORWARD: "forwarded traffic entering", Role.INPUT: "host traffic entering",
+                Role.EGRESS: "containers' traffic leaving"}
 
 TOOL_TIMEOUT = 30.0
 

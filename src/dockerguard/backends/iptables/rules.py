@@ -38,6 +38,7 @@ from ...model import (
     Chain,
     Default,
     Denies,
+    Egress,
     Established,
     Family,
     IcmpEcho,
@@ -384,6 +385,45 @@ def _multiport_chunks(ports: Sequence[PortRange]) -> list[str]:
     return [",".join(chunk) for chunk in chunks if chunk]
 
 
+def egress(piece: Egress, chain: Chain, ctx: Context) -> list[str]:
+    """Containers' new connections to the outside: per egress rule of the family, one rule per interface,
+    source, destination and port span (RETURN lets Docker's chains decide), then the default."""
+    specs: list[str] = []
+    for rule in piece.rules:
+        if rule.family is not ctx.family:
+            continue
+        comment = sanitize_comment(rule.comment) or "egress"
+        interfaces = [f"-i {name} " for name in rule.interfaces] or [""]
+        sources = [f"-s {net} " for net in rule.sources if net.prefixlen] or [""]
+        destinations = [f"-d {net} " for net in rule.destinations if net.prefixlen] or [""]
+        proto = rule.proto or "tcp"
+        ports = [f"-p {proto} -m {proto} --dport {_port_text(span)} " for span in rule.ports] or [""]
+        for interface in interfaces:
+            for source in sources:
+                for destination in destinations:
+                    for port in ports:
+                        specs += _egress_verdicts(f"{source}{destination}{interface}{port}".strip(), comment,
+                                                  rule.verdict, rule.proto if rule.ports else None, ctx.family)
+    if piece.default != "accept":
+        specs += _egress_verdicts("", f"egress default {piece.default}", piece.default, None, ctx.family)
+    return specs
+
+
+def _egress_verdicts(matches: str, comment: str, verdict: str, proto: str | None, family: Family) -> list[str]:
+    """As the nft driver: a refusal of any protocol is a TCP reset for TCP, an ICMP error for the rest."""
+    if verdict == "accept":
+        return [_with_comment(matches, comment, "-j RETURN")]
+    if verdict == "reject" and proto is None:
+        tcp = f"{matches} -p tcp" if matches else "-p tcp"
+        return [_with_comment(tcp, f"{comment} (tcp)", "-j REJECT --reject-with tcp-reset"),
+                _with_comment(matches, comment, _refusal(Verdict.REJECT, None, family))]
+    return [_with_comment(matches, comment, _refusal(Verdict(verdict), proto, family))]
+
+
+def _port_text(span: PortRange) -> str:
+    return str(span.first) if span.first == span.last else f"{span.first}:{span.last}"
+
+
 def to_host(piece: ToHost, chain: Chain, ctx: Context) -> list[str]:
     return [_with_comment("", "everything else", f"-g {IPTABLES_CHAIN[Role.HOST]}")]
 
@@ -399,6 +439,7 @@ _PIECES: dict[type, Callable[[Any, Chain, Context], list[str]]] = {
     Default: default,
     ToProxy: to_proxy,
     ToHost: to_host,
+    Egress: egress,
 }
 
 
@@ -417,8 +458,8 @@ def chain_sets(chain: Chain, family: Family) -> dict[str, ipsets.Members]:
     return {ipsets.set_name(family, sources): ipsets.members(sources) for sources in groups if _settable(sources)}
 
 
-def jump_spec(interface: str, chain: str = GUARD_CHAIN) -> str:
-    return f"-i {interface} -m comment --comment {COMMENT} -j {chain}"
+def jump_spec(interface: str, chain: str = GUARD_CHAIN, outgoing: bool = False) -> str:
+    return f"{'-o' if outgoing else '-i'} {interface} -m comment --comment {COMMENT} -j {chain}"
 
 
 # -- the managed part of one family's filter table -----------------------------------------------
@@ -486,11 +527,15 @@ def target_layout(ruleset: Ruleset, family: Family, use_ipsets: bool = False) ->
     managed: list[Managed] = [(FORWARD_CHAIN, 1, FORWARD_JUMP)]
     chains = []
     sets: dict[str, ipsets.Members] = {}
+    placed: dict[str, int] = {}  # jumps placed so far per entry chain: FORWARD's and EGRESS's share DOCKER-USER
     for chain in ruleset.chains:
         ours = IPTABLES_CHAIN[chain.role]
         if chain.role.hook is not None:
-            managed += [(IPTABLES_ENTRY[chain.role], index, canonical(jump_spec(interface, ours)))
-                        for index, interface in enumerate(ruleset.interfaces, start=1)]
+            entry = IPTABLES_ENTRY[chain.role]
+            first = placed.get(entry, 0) + 1
+            managed += [(entry, index, canonical(jump_spec(interface, ours, chain.role.outgoing)))
+                        for index, interface in enumerate(ruleset.interfaces, start=first)]
+            placed[entry] = first - 1 + len(ruleset.interfaces)
         chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family, use_ipsets))))
         if use_ipsets:
             sets.update(chain_sets(chain, family))

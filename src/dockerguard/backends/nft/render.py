@@ -23,6 +23,7 @@ from ...model import (
     Default,
     Denies,
     DenyRule,
+    Egress,
     Element,
     Established,
     Family,
@@ -98,10 +99,13 @@ def transaction(ruleset: Ruleset) -> Transaction:
     added: set[str] = set()
     for chain in ruleset.chains:
         chain_objects, chain_rules = _chain(chain, ruleset.interfaces)
-        # FORWARD and PROXY share their allow sets: each set is added once.
-        objects += [item for item in chain_objects if "set" not in item or item["set"]["name"] not in added]
-        added.update(item["set"]["name"] for item in chain_objects if "set" in item)
+        # FORWARD and PROXY share their allow sets, FORWARD and EGRESS the forward hook: each is added once.
+        objects += [item for item in chain_objects if _name(item) not in added]
+        added.update(_name(item) for item in chain_objects)
         rules += chain_rules
+    # A chain's rules together, chains in the order they were added: as the kernel lists them.
+    order = {item["chain"]["name"]: index for index, item in enumerate(objects) if "chain" in item}
+    rules.sort(key=lambda rule: order[rule["chain"]])
     upkeep, upkeep_state = _bans_table(ruleset)
     return Transaction(REPLACE_TABLE, tuple(objects + [{"rule": rule} for rule in rules]), upkeep, upkeep_state)
 
@@ -169,6 +173,11 @@ def upkeep_commands(state: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     return tuple(commands)
 
 
+def _name(item: dict[str, Any]) -> str:
+    (kind, body), = item.items()
+    return f"{kind} {body['name']}"
+
+
 def _chain(chain: Chain, interfaces: tuple[str, ...]) -> Objects:
     """The role's chain with its pieces' sets and rules, after the base chain on its hook (if any)
     that jumps there."""
@@ -178,8 +187,9 @@ def _chain(chain: Chain, interfaces: tuple[str, ...]) -> Objects:
     if hook is not None:
         objects.append({"chain": {**_in_table(), "name": hook, "type": "filter", "hook": hook,
                                   "prio": NFT_PRIORITY, "policy": "accept"}})
-        rules.append(_rule(hook, f"judge {ROLE_TRAFFIC[chain.role]} traffic entering external interfaces",
-                           _match({"meta": {"key": "iifname"}}, _set_or_value(list(interfaces))),
+        direction = "oifname" if chain.role.outgoing else "iifname"
+        rules.append(_rule(hook, f"judge {ROLE_TRAFFIC[chain.role]} external interfaces",
+                           _match({"meta": {"key": direction}}, _set_or_value(list(interfaces))),
                            _COUNTER, {"jump": {"target": name}}))
     objects.append({"chain": {**_in_table(), "name": name}})
     for piece in chain.pieces:
@@ -359,6 +369,49 @@ def to_proxy(piece: ToProxy, chain: Chain) -> Objects:
     return sets, rules
 
 
+def egress(piece: Egress, chain: Chain) -> Objects:
+    """Containers' new connections to the outside: one rule per egress rule, in order, then the default."""
+    rules = []
+    for rule in piece.rules:
+        proto = _PAYLOAD_PROTO[rule.family]
+        statements = []
+        if rule.interfaces:
+            statements.append(_match({"meta": {"key": "iifname"}}, _set_or_value(list(rule.interfaces))))
+        if rule.sources:
+            statements.append(_match({"payload": {"protocol": proto, "field": "saddr"}}, _addresses(rule.sources)))
+        if any(net.prefixlen for net in rule.destinations):
+            statements.append(_match({"payload": {"protocol": proto, "field": "daddr"}},
+                                     _addresses(rule.destinations)))
+        elif not rule.sources:  # nothing says the family yet
+            statements.append(_match({"meta": {"key": "nfproto"}}, f"ipv{rule.family.value}"))
+        if rule.ports:
+            statements.append(_match({"payload": {"protocol": rule.proto or "tcp", "field": "dport"}},
+                                     _set_or_value([_port(span) for span in rule.ports])))
+        comment = f"egress ipv{rule.family.value}" + (f": {rule.comment}" if rule.comment else "")
+        rules += _egress_verdicts(NFT_CHAIN[chain.role], comment[:100], statements, rule.verdict,
+                                  rule.proto if rule.ports else None)
+    if piece.default != "accept":
+        rules += _egress_verdicts(NFT_CHAIN[chain.role], f"egress default {piece.default}", [], piece.default, None)
+    return [], rules
+
+
+def _egress_verdicts(chain: str, comment: str, statements: list[dict[str, Any]], verdict: str,
+                     proto: str | None) -> list[dict[str, Any]]:
+    """The rule(s) for a verdict: a refusal of any protocol is a TCP reset for TCP (an ICMP error the
+    client may not even get would leave it waiting) and an ICMP port unreachable for the rest."""
+    if verdict == "accept":
+        return [_rule(chain, comment, *statements, _COUNTER, {"accept": None})]
+    if verdict == "reject" and proto is None:
+        return [_rule(chain, f"{comment} (tcp)", *statements, _match({"meta": {"key": "l4proto"}}, "tcp"), _COUNTER,
+                      {"reject": {"type": "tcp reset"}}),
+                _rule(chain, comment, *statements, _COUNTER, _refusal(Verdict.REJECT, None))]
+    return [_rule(chain, comment, *statements, _COUNTER, _refusal(Verdict(verdict), proto))]
+
+
+def _addresses(networks: tuple[Network, ...]) -> Any:
+    return _set_or_value([_address(net) for net in networks])
+
+
 def to_host(piece: ToHost, chain: Chain) -> Objects:
     return [], [_rule(NFT_CHAIN[chain.role], "everything else", _COUNTER, {"goto": {"target": NFT_CHAIN[Role.HOST]}})]
 
@@ -374,6 +427,7 @@ _PIECES: dict[type, Callable[[Any, Chain], Objects]] = {
     Default: default,
     ToProxy: to_proxy,
     ToHost: to_host,
+    Egress: egress,
 }
 
 
