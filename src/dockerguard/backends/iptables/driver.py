@@ -229,7 +229,8 @@ class IptablesDriver(Backend):
         errors: list[str] = []
         with self._lock():
             before = self._layouts()
-            wanted = {family: Layout.from_json(snapshot.data[rules.family_label(family)]) for family in Family}
+            data = snapshot.data if isinstance(snapshot.data, dict) else {}  # from_json refuses what is missing
+            wanted = {family: Layout.from_json(data.get(rules.family_label(family))) for family in Family}
             self._create_sets(before, wanted)
             for family in Family:
                 try:
