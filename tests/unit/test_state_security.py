@@ -5,6 +5,7 @@ user pretends to be someone else by patching os.geteuid).
 1. the state directory and its files are trusted only when nobody else could have written them, symlinks
    are never followed, and every file read back is validated data that never makes root install
    anything;
+6. tools are run from a fixed, root-only search path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from dockerguard import Engine, StateError, parse_policy
-from dockerguard.backends import Snapshot
+from dockerguard.backends import Snapshot, common
 from dockerguard.backends.fake import FakeBackend
 from dockerguard.backends.iptables import rules
 from dockerguard.compiler import compile_policy
@@ -129,3 +130,64 @@ def test_iptables_driver_refuses_a_snapshot_that_is_not_an_object() -> None:
     for data in (None, [], {"ipv4": good_layout()}, "x"):
         with pytest.raises(StateError, match="refusing to restore it"):
             Offline().restore(Snapshot("iptables-nft", data))
+
+
+# -- 6. tools come from a fixed search path ------------------------------------------------------------------
+def planted_tool(directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tool = directory / name
+    tool.write_text("#!/bin/sh\necho pwned\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def test_as_root_tools_are_never_taken_from_path_or_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    planted_tool(tmp_path / "bin", "nft")
+    planted_tool(tmp_path / "bin", "dockerguard-test-tool")
+    monkeypatch.chdir(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f".:bin:{tmp_path / 'bin'}")
+    assert common.tool_search_path().split(":")[:4] == ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    found = common.find_tool("nft")
+    assert found is None or not found.startswith(str(tmp_path))
+    assert common.find_tool("dockerguard-test-tool") is None
+    with pytest.raises(FileNotFoundError, match="dockerguard-test-tool not found in /usr/sbin"):
+        common.run_tool(["dockerguard-test-tool"])
+
+
+def test_usr_local_is_searched_only_when_only_root_can_write_it(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    local = tmp_path / "local"
+    planted_tool(local / "sbin", "dockerguard-test-tool")
+    local.chmod(0o755)
+    monkeypatch.setattr(common, "LOCAL_PATH", (str(local / "sbin"),))
+    root_owned = os.stat(local).st_uid == 0
+    assert (common.find_tool("dockerguard-test-tool") is not None) is root_owned
+    (local / "sbin").chmod(0o775)  # group-writable: someone else could replace the tools
+    assert common.find_tool("dockerguard-test-tool") is None
+
+
+def test_another_user_keeps_path_without_relative_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("PATH", f".:bin::{tmp_path}")
+    assert common.tool_search_path() == str(tmp_path)
+
+
+def test_run_tool_keeps_the_tool_name_as_argv0() -> None:
+    proc = common.run_tool(["sh", "-c", 'tr "\\0" " " < /proc/$$/cmdline'])
+    assert proc.stdout.startswith("sh -c ")
+
+
+def test_no_subprocess_outside_the_tool_runner() -> None:
+    """Drivers and helpers run tools through common.run_tool; the only other subprocess dockerguard
+    starts is itself (the rollback timer, by sys.executable). The demo's sandbox is a test harness; the
+    CLI looks itself up on PATH only to write the command into an exported systemd unit."""
+    src = Path(common.__file__).resolve().parents[1]
+    allowed = {"backends/common.py", "state.py", "demo.py", "_probe_server.py", "cli.py"}
+    calls = ("subprocess.run(", "subprocess.Popen(", "os.system(", "shutil.which(")
+    relative = {str(path.relative_to(src)): path for path in src.rglob("*.py")}
+    offenders = [name for name, path in relative.items()
+                 if name not in allowed and not name.startswith("sandbox")  # sandbox.py, or the sandbox package
+                 and any(call in path.read_text() for call in calls)]
+    assert offenders == []
