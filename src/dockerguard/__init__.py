@@ -19,7 +19,7 @@ _EXPORTS = {
     "Policy": "policy", "load_policy": "policy", "parse_policy": "policy",
     **{name: "errors" for name in (
         "ApplyError", "BackendUnavailable", "ConfirmError", "DemoError", "DetectionError", "DockerUnavailable",
-        "DockerguardError", "LockoutError", "PendingConfirmationError", "PolicyError", "RollbackError",
+        "DockerguardError", "LockTimeout", "LockoutError", "PendingConfirmationError", "PolicyError", "RollbackError",
         "StateError", "TransactionError", "UsageError")},
 }
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DockerUnavailable",
     "DockerguardError",
     "Engine",
+    "LockTimeout",
     "LockoutError",
     "PendingConfirmationError",
     "Plan",
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
         DockerguardError,
         DockerUnavailable,
         LockoutError,
+        LockTimeout,
         PendingConfirmationError,
         PolicyError,
         RollbackError,

@@ -88,7 +88,7 @@ BackendOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 StateDirOption = typer.Option(
     None, "--state-dir", envvar="DOCKERGUARD_STATE_DIR",
-    help="History and pending confirmation (default /var/lib/dockerguard).",
+    help="History and pending confirmation (default /var/lib/dockerguard; must be root's, 0700).",
 )
 _options = {"verbose": False}  # global options from the callback
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
@@ -97,7 +97,14 @@ _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
 def _engine(backend: Optional[str], **options: Any) -> Engine:
     from .engine import Engine
 
+    options.setdefault("notify", _notice)
     return Engine(None if backend is None else check_backend_name(backend), **options)
+
+
+def _notice(message: str) -> None:
+    """What the engine says while it works (whom a lock is waited for, ignored damaged state files), on
+    stderr: stdout stays parseable."""
+    err.print(message, soft_wrap=True)
 
 
 def _print_json(data: Any) -> None:
@@ -225,7 +232,7 @@ def confirm(state_dir: Optional[str] = StateDirOption) -> None:
     """Keep the rules of a pending `apply --confirm`; its rollback timer stands down."""
     from .engine import Engine
 
-    pending = Engine(state_dir=state_dir).confirm()
+    pending = Engine(state_dir=state_dir, notify=_notice).confirm()
     out.print(f"confirmed ruleset {pending.policy_digest} ({pending.backend}); it stays installed", soft_wrap=True)
 
 
@@ -426,7 +433,7 @@ def watch(
     policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
-    engine = _engine(backend, docker=docker)
+    engine = _engine(backend, docker=docker, notify=logging.getLogger("dockerguard").warning)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -472,9 +479,9 @@ def _entry_point() -> list[str]:
 def rollback_timer(token: str = typer.Argument(...), state_dir: Optional[str] = StateDirOption) -> None:
     """Internal: the detached process `apply --confirm` starts (see state.spawn_rollback_timer)."""
     from .engine import Engine
-    from .state import StateDir
+    from .state import StateDir, check_token
 
-    found = StateDir(state_dir).read_pending(token)
+    found = StateDir(state_dir).read_pending(check_token(token))
     if found is not None:
         Engine(found.pending.backend, state_dir=state_dir).run_rollback_timer(token)
 

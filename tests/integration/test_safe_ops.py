@@ -5,7 +5,9 @@
 - `apply --confirm` without an answer restores the old ruleset at the deadline even when the CLI and its
   whole process group are SIGKILLed right after applying (the detached timer does it);
 - `confirm` in time keeps the new ruleset; `rollback` walks the history back;
-- the exported nft text file builds exactly the table the JSON transaction builds.
+- the exported nft text file builds exactly the table the JSON transaction builds;
+- a state directory others can write is refused, and planted snapshots (another nft table, an iptables
+  INPUT accept) never reach the kernel.
 
 Everything runs through `ip netns exec NS python -m dockerguard ...` with a per-test state directory;
 the root namespace's firewall is never touched. Needs root (skipped without, failed under CI).
@@ -324,3 +326,57 @@ def test_exported_nft_text_builds_the_same_table_as_the_json_transaction(
     assert by_text.listing() == by_json.listing()
     # and the driver sees its own ruleset in the text-loaded table
     assert by_text.cli("diff", "-c", policy, "--backend", "nft").stdout == ""
+
+
+# -- the state directory and the locks under attack (tests/unit/test_state_security.py has the rest) ----
+PWNED_TABLE = [{"chain": {"family": "inet", "table": "pwned", "name": "input", "type": "filter", "hook": "input",
+                          "prio": -500, "policy": "accept"}}]
+
+
+def plant(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_a_planted_state_dir_never_reaches_the_kernel(ns: Netns) -> None:
+    state = ns.tmp / "shared-state"
+    state.mkdir()
+    state.chmod(0o777)  # anyone could have put files here
+    token = "0123456789abcdef"
+    now = time.time()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    plant(state / "pending" / f"{token}.json", {
+        "format": 1, "token": token, "backend": "nft", "created": now - 100, "deadline": now - 60, "entry": 1,
+        "policy_digest": "abcdef012345", "boot_id": boot, "snapshot": {"backend": "nft", "data": PWNED_TABLE},
+        "previous": None})
+    ns.env["DOCKERGUARD_STATE_DIR"] = str(state)
+    refused = ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"unusable state directory {state}: {state} is writable by its group and others" in " ".join(
+        refused.stderr.split())
+    assert ns.run("nft", "list", "tables").stdout == ""
+    # The admin tightens it; the planted (overdue) confirmation is still there and names another table.
+    state.chmod(0o700)
+    (state / "pending").chmod(0o700)
+    (state / "pending" / f"{token}.json").chmod(0o600)
+    applied = ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
+    assert "names table inet pwned, not inet dockerguard: refusing to restore it" in " ".join(applied.stderr.split())
+    assert ns.run("nft", "list", "tables").stdout.split() == ["table", "inet", "dockerguard"]
+
+
+def test_a_planted_iptables_snapshot_is_refused(ns: Netns) -> None:
+    state = ns.state_dir
+    state.mkdir(mode=0o700)
+    layout = {"user_chain": True, "managed": [["INPUT", 1, "-j ACCEPT"], ["FORWARD", 1, "-j DOCKER-USER"]],
+              "chains": [], "foreign_user_rules": 0, "sets": []}
+    plant(state / "history" / "0001.json", {
+        "format": 1, "number": 1, "backend": "iptables-nft", "timestamp": time.time(), "action": "apply",
+        "policy_digest": None, "policy_path": None, "previous": None,
+        "snapshot": {"backend": "iptables-nft", "data": {"ipv4": layout, "ipv6": layout}}})
+    (state / "history").chmod(0o700)
+    (state / "history" / "0001.json").chmod(0o600)
+    refused = ns.cli("rollback", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "is not a jump to one of our chains" in refused.stderr and "0001.json" in refused.stderr
+    saved = ns.run("iptables-nft-save").stdout
+    assert "-j ACCEPT" not in saved
