@@ -4,8 +4,9 @@ status and remove: the API behind the CLI.
     from dockerguard import Engine, load_policy
     Engine().apply(load_policy("/etc/dockerguard/policy.toml"))
 
-Every method that changes the ruleset holds the state directory's lock, records the driver's snapshot in
-the history first, and reports what it did as `Step`s (the CLI prints them with --verbose).
+Every method that changes the ruleset holds the ruleset lock of its network namespace and then the state
+directory's lock (see `locking`), records the driver's snapshot in the history first, and reports what it
+did as `Step`s (the CLI prints them with --verbose).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import published
+from . import state as state_module
 from .audit import AuditReport, audit
 from .backends import Backend, InstalledState, PathFinding, Rendered, Snapshot, get_backend
 from .compiler import compile_policy
@@ -41,6 +43,7 @@ from .errors import (
     StateError,
     UsageError,
 )
+from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
@@ -245,7 +248,7 @@ class Engine:
                guard: bool) -> ApplyResult:
         backend, detection = self.backend(policy)
         record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
-        with self.state.locked("dockerguard apply", on_wait=self._notify):
+        with self._locked("apply"):
             pending = self._settle_pending(record)
             plan = self.plan(policy)
             digest = plan.ruleset.digest
@@ -317,7 +320,7 @@ class Engine:
         the policy file's bytes, the backend, the published ports and container ports Docker reports, and
         the kernel: its nftables generation (no transaction since, by anyone), or else a read-back of our
         objects. None otherwise."""
-        with self.state.locked("dockerguard apply", on_wait=self._notify):
+        with self._locked("apply"):
             known = self.state.installed_record()
             if known is None or self.state.pending() is not None:
                 return None
@@ -431,7 +434,7 @@ class Engine:
     def expire_pending(self, token: str, reason: str = "deadline") -> RollbackResult | None:
         """Roll back the pending apply `token` now, unless `confirm` got there first (then None)."""
         record = _Recorder()
-        with self.state.locked("dockerguard rollback", on_wait=self._notify):
+        with self._locked("rollback"):
             claimed = self.state.claim_pending(token)
             if claimed is None:
                 return None
@@ -464,7 +467,7 @@ class Engine:
         verify it by reading it back, and drop that history entry."""
         record = _Recorder()
         try:
-            with self.state.locked("dockerguard rollback", on_wait=self._notify):
+            with self._locked("rollback"):
                 for interrupted in self.state.claimed():  # under the lock: no timer is working on it
                     record("retry", f"finishing the interrupted rollback of {interrupted.pending.token}")
                     return self._undo_claimed(interrupted, "rollback", record)
@@ -602,7 +605,7 @@ class Engine:
         backend, _ = self.backend()
         backend.ensure_available()
         record = _Recorder()
-        with self.state.locked("dockerguard remove", on_wait=self._notify):
+        with self._locked("remove"):
             pending = self._settle_pending(record)
             installed = backend.installed()
             if installed is None:
@@ -614,6 +617,16 @@ class Engine:
             self.state.forget_installed()
             backend.remove()
         return True
+
+    # -- locking -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, command: str) -> Iterator[None]:
+        """The ruleset lock of this network namespace, then the state directory's (always in this order:
+        see `locking`), within one LOCK_TIMEOUT; `notify` hears whom we wait for."""
+        deadline = time.monotonic() + state_module.LOCK_TIMEOUT
+        with ruleset_lock(f"dockerguard {command}", state_module.LOCK_TIMEOUT, self._notify), \
+                self.state.locked(f"dockerguard {command}", timeout=remaining(deadline), on_wait=self._notify):
+            yield
 
 
 def _stable(backend: Backend, generation: int | None) -> int | None:

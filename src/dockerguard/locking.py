@@ -1,9 +1,16 @@
 """The locks dockerguard takes: one flock loop for the xtables lock, and its own locks, which name their
 holder.
 
-The holder of dockerguard's own lock (the state directory's `lock`) writes its pid, command and start
-time into the lock file; whoever waits reads them to say whom it waits for (after about a second) and
-whom it gave up on (`LockTimeout`).
+Every command that changes the ruleset takes, in this order:
+
+1. the ruleset lock of its network namespace, `/run/dockerguard/net-<inode>.lock`: the kernel's objects
+   are per network namespace, and two dockerguards given different state directories must still not
+   interleave their read-compare-send-verify sequences (one would verify, or undo, the other's rules);
+2. the state directory's `lock`, which guards the history and the pending confirmation.
+
+Always in this order, so two processes can never each hold the lock the other waits for. The holder
+writes its pid, command and start time into the lock file; whoever waits reads them to say whom it waits
+for (after about a second) and whom it gave up on (`LockTimeout`).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .errors import LockTimeout
+from .errors import LockTimeout, StateError
 
+RUN_DIR = "/run/dockerguard"  # root's ruleset locks; another user's live in their runtime directory
 WAIT_NOTICE = 1.0  # seconds of waiting before saying whom for
 _COMMAND = re.compile(r"[A-Za-z0-9 ._:/-]{1,80}")
 
@@ -100,3 +109,49 @@ def acquire(fd: int, where: str, command: str, timeout: float,
 
 def _whom(holder: Holder | None) -> str:
     return holder.describe() if holder is not None else "another process (it did not say which)"
+
+
+def netns_inode() -> int:
+    """Identifies this thread's network namespace (the same number `ip netns` shows as the inode of
+    /run/netns/NAME)."""
+    for path in ("/proc/thread-self/ns/net", "/proc/self/ns/net"):
+        with contextlib.suppress(OSError):
+            return os.stat(path).st_ino
+    return 0  # no /proc: one lock for everything
+
+
+def ruleset_lock_dir() -> str:
+    """/run/dockerguard for root. Other users cannot change a ruleset outside a user namespace of their
+    own, but tests and the API run unprivileged: their locks live in their runtime directory."""
+    if os.geteuid() == 0:
+        return RUN_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "dockerguard")
+    return os.path.join(tempfile.gettempdir(), f"dockerguard-{os.geteuid()}")
+
+
+@contextlib.contextmanager
+def ruleset_lock(command: str, timeout: float, on_wait: Callable[[str], None] | None = None,
+                 directory: str | None = None) -> Iterator[None]:
+    """Hold the ruleset lock of the current network namespace (see the module docstring). Its directory
+    is checked like the state directory (ours, 0700, nothing above it writable by others)."""
+    from . import safefs  # safefs imports errors only; kept local so `locking` stays light for the drivers
+
+    chosen = directory or ruleset_lock_dir()
+    name = f"net-{netns_inode()}.lock"
+    where = os.path.join(chosen, name)
+    try:
+        with safefs.opened_dir(chosen, create=True) as parent:
+            fd = safefs.open_lock_file(parent, name, where)
+    except StateError as exc:
+        raise StateError(f"cannot take the ruleset lock {where}: {exc}") from None
+    try:
+        acquire(fd, where, command, timeout, on_wait)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

@@ -6,6 +6,8 @@
   whole process group are SIGKILLed right after applying (the detached timer does it);
 - `confirm` in time keeps the new ruleset; `rollback` walks the history back;
 - the exported nft text file builds exactly the table the JSON transaction builds;
+- two applies with different state directories in one namespace wait for each other (the ruleset lock),
+  end with exactly one of the policies installed, and the other's next apply repairs it;
 - a state directory others can write is refused, and planted snapshots (another nft table, an iptables
   INPUT accept) never reach the kernel.
 
@@ -329,6 +331,61 @@ def test_exported_nft_text_builds_the_same_table_as_the_json_transaction(
 
 
 # -- the state directory and the locks under attack (tests/unit/test_state_security.py has the rest) ----
+def reference_listing(make_netns: Callable[[], Netns], text: str) -> str:
+    """What applying `text` alone, in a namespace of its own, installs."""
+    other = make_netns()
+    other.cli("apply", "-c", other.policy(text, f"ref-{other.name}"), "--backend", "nft")
+    listing = other.listing()
+    assert listing is not None
+    return listing
+
+
+def test_applies_with_different_state_dirs_in_one_namespace_are_serialised(
+        ns: Netns, make_netns: Callable[[], Netns]) -> None:
+    references = {"a": reference_listing(make_netns, POLICY_A), "b": reference_listing(make_netns, POLICY_B)}
+    policies = {"a": ns.policy(POLICY_A, "a"), "b": ns.policy(POLICY_B, "b")}
+    # Someone holds this namespace's ruleset lock: both applies must wait for it, then for each other.
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c",
+         "import sys\nfrom dockerguard.locking import ruleset_lock\n"
+         "with ruleset_lock('dockerguard test-holder', 5):\n    print('held', flush=True)\n    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        applies = {name: subprocess.Popen(ns.argv("apply", "-c", policies[name], "--backend", "nft",
+                                                  "--state-dir", str(ns.tmp / f"state-{name}")),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ns.env)
+                   for name in policies}
+        waiting = {name: b"" for name in applies}
+        notice = f"waiting for the lock held by pid {holder.pid} (dockerguard test-holder, since ".encode()
+        started = time.monotonic()
+        while not all(notice in b" ".join(text.split()) for text in waiting.values()):
+            assert time.monotonic() - started < 30, f"no waiting notice: {waiting}"
+            streams = {proc.stderr: name for name, proc in applies.items() if proc.stderr is not None}
+            for stream in select.select(list(streams), [], [], 1)[0]:
+                waiting[streams[stream]] += os.read(stream.fileno(), 4096)
+        assert ns.listing() is None  # nobody went past the lock
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.write("\n")
+            holder.stdin.close()
+        holder.wait(timeout=10)
+    outputs = {name: proc.communicate(timeout=60) for name, proc in applies.items()}
+    for name, proc in applies.items():
+        out, err = outputs[name]
+        assert proc.returncode == 0, f"{name}: {out!r}{waiting[name] + err!r}"
+        assert b"applied ruleset" in out
+    final = ns.listing()
+    (last,) = [name for name, listing in references.items() if listing == final]  # exactly one of them
+    first = "a" if last == "b" else "b"
+    # The one that ran second recorded what the kernel holds; the first one's record is stale and its
+    # next apply repairs the kernel instead of trusting it.
+    again = ns.cli("apply", "-c", policies[last], "--backend", "nft", "--state-dir", str(ns.tmp / f"state-{last}"))
+    assert "nothing changed" in again.stdout
+    repaired = ns.cli("apply", "-c", policies[first], "--backend", "nft", "--state-dir", str(ns.tmp / f"state-{first}"))
+    assert "applied ruleset" in repaired.stdout and ns.listing() == references[first]
+
+
 PWNED_TABLE = [{"chain": {"family": "inet", "table": "pwned", "name": "input", "type": "filter", "hook": "input",
                           "prio": -500, "policy": "accept"}}]
 

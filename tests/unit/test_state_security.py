@@ -7,7 +7,8 @@ user pretends to be someone else by patching os.geteuid).
    anything;
 2. an unusable state directory makes `apply` refuse clearly;
 3. leftovers of killed writers are cleaned, every file is 0600 whatever the umask;
-4. the state directory's lock names its holder while one waits and when one gives up;
+4. locks name their holder while one waits and when one gives up;
+5. the ruleset lock of the network namespace serialises applies that use different state directories;
 6. tools are run from a fixed, root-only search path.
 """
 
@@ -18,6 +19,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typer.testing import CliRunner
 
 from dockerguard import Engine, LockTimeout, StateError, cli, locking, parse_policy, safefs
 from dockerguard import state as state_module
-from dockerguard.backends import Snapshot, common
+from dockerguard.backends import Rendered, Snapshot, common
 from dockerguard.backends.fake import FakeBackend
 from dockerguard.backends.iptables import rules
 from dockerguard.backends.nft.driver import NftBackend
@@ -559,6 +561,84 @@ def test_a_garbage_holder_record_is_not_shown(tmp_path: Path, monkeypatch: pytes
         (state / "lock").write_text('{"pid": 1, "command": "\\u001b[31mevil", "since": 0}')
         with pytest.raises(LockTimeout, match=r"held by another process \(it did not say which\)"):
             engine(state).apply(POLICY)
+
+
+# -- 5. the ruleset lock of the network namespace -----------------------------------------------------------
+class SlowFake(FakeBackend):
+    """A shared "kernel" that notices overlapping transactions and verifications."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = 0
+        self.overlaps = 0
+        self.guard = threading.Lock()
+
+    def apply(self, rendered: Rendered) -> None:
+        with self.guard:
+            self.busy += 1
+            self.overlaps += self.busy > 1
+        time.sleep(0.2)  # a read-compare-send-verify sequence takes time
+        super().apply(rendered)
+        with self.guard:
+            self.busy -= 1
+
+
+def test_applies_with_different_state_dirs_are_serialised(tmp_path: Path) -> None:
+    kernel = SlowFake()
+    policies = {"a": POLICY, "b": OTHER}
+    results: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = engine(tmp_path / name, kernel).apply(policies[name])
+        except Exception as exc:  # reported below
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in policies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(not isinstance(result, Exception) and result.changed for result in results.values()), results
+    assert kernel.overlaps == 0
+    expected = {name: engine(tmp_path / "x", FakeBackend()).plan(policy).expected for name, policy in policies.items()}
+    last = next(name for name, state in expected.items() if state == kernel.kernel)  # exactly one of them
+    first = "a" if last == "b" else "b"
+    # The second apply's record holds; the first one's does not, and its next apply repairs the kernel.
+    assert not engine(tmp_path / last, kernel).apply(policies[last]).changed
+    assert engine(tmp_path / first, kernel).apply(policies[first]).changed
+    assert kernel.kernel == expected[first]
+
+
+def test_the_ruleset_lock_is_taken_before_the_state_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same order everywhere: a command waiting for the ruleset lock holds no state lock meanwhile."""
+    monkeypatch.setattr(state_module, "LOCK_TIMEOUT", 0.5)
+    with locking.ruleset_lock("dockerguard apply", 1.0), pytest.raises(LockTimeout, match=r"net-\d+\.lock"):
+        engine(tmp_path / "state").apply(POLICY)
+    assert not (tmp_path / "state").exists()
+
+
+def test_ruleset_lock_file_is_per_namespace_and_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = Path(locking.ruleset_lock_dir())
+    with locking.ruleset_lock("dockerguard apply", 1.0):
+        lock = directory / f"net-{os.stat('/proc/thread-self/ns/net').st_ino}.lock"
+        assert lock.is_file() and mode(lock) == 0o600 and mode(directory) == 0o700
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["command"] == "dockerguard apply"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(locking, "RUN_DIR", "/run/dockerguard")
+    assert locking.ruleset_lock_dir() == "/run/dockerguard"
+
+
+def test_a_ruleset_lock_dir_others_can_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "run"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(locking, "RUN_DIR", str(shared / "dockerguard"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+    with pytest.raises(StateError, match=f"cannot take the ruleset lock .*{shared} is writable by"), \
+            locking.ruleset_lock("dockerguard apply", 1.0):
+        pass
 
 
 # -- 6. tools come from a fixed search path ------------------------------------------------------------------
