@@ -148,9 +148,10 @@ def diff(
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when apply would change something."),
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Show what apply would change (+ add, - remove): hooks, rules, set elements. Empty when nothing."""
-    result = _engine(backend).diff(load_policy(config))
+    result = _engine(backend, state_dir=state_dir).diff(load_policy(config))
     if as_json:
         _print_json({"backend": result.backend, "changed": result.changed,
                      "changes": [asdict(change) for change in result.changes]})
@@ -371,9 +372,10 @@ def _who(sources: Optional[tuple[str, ...]]) -> str:
 
 
 @app.command()
-def remove(backend: Optional[str] = BackendOption) -> None:
-    """Delete everything dockerguard installed with this backend."""
-    engine = _engine(backend)
+def remove(backend: Optional[str] = BackendOption, state_dir: Optional[str] = StateDirOption) -> None:
+    """Delete everything dockerguard installed with this backend (recorded, so `rollback` can undo it;
+    when the state directory is unusable, the rules are still removed and a warning says so)."""
+    engine = _engine(backend, state_dir=state_dir)
     removed = engine.remove()
     name = engine.backend()[0].name
     out.print(f"removed dockerguard rules ({name})" if removed else f"nothing installed ({name})")
@@ -418,6 +420,7 @@ def watch(
     interval: float = typer.Option(5.0, "--interval", min=0.2, help="Seconds between drift checks."),
     docker_socket: Optional[str] = typer.Option(
         None, "--docker-socket", help="Docker API socket (default: the policy's docker_socket)."),
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
 
@@ -433,7 +436,7 @@ def watch(
     policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
-    engine = _engine(backend, docker=docker, notify=logging.getLogger("dockerguard").warning)
+    engine = _engine(backend, docker=docker, state_dir=state_dir, notify=logging.getLogger("dockerguard").warning)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

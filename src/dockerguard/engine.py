@@ -601,20 +601,44 @@ class Engine:
 
     def remove(self) -> bool:
         """Delete everything dockerguard installed with this backend; False if nothing was there.
-        Recorded in the history like an apply, so `rollback` can put the rules back."""
+        Recorded in the history like an apply, so `rollback` can put the rules back.
+
+        An unusable state directory (untrusted, damaged, unwritable) does not stop it: remove reads
+        nothing from there and only deletes our own objects, under the ruleset lock, so the rules go and
+        `notify` says that this remove could not be recorded (`rollback` cannot undo it). Someone who
+        needs the rules gone at 3 a.m. should not first have to repair a directory. A state directory
+        locked by another dockerguard still stops it (LockTimeout names the holder): that one is busy
+        changing the ruleset right now."""
         backend, _ = self.backend()
         backend.ensure_available()
         record = _Recorder()
-        with self._locked("remove"):
-            pending = self._settle_pending(record)
+        deadline = time.monotonic() + state_module.LOCK_TIMEOUT
+        with contextlib.ExitStack() as held:
+            held.enter_context(ruleset_lock("dockerguard remove", state_module.LOCK_TIMEOUT, self._notify))
+            problem = None
+            try:
+                held.enter_context(self.state.locked("dockerguard remove", timeout=remaining(deadline),
+                                                     on_wait=self._notify))
+            except LockTimeout:
+                raise
+            except StateError as exc:
+                problem = str(exc)
+            pending = self._settle_pending(record) if problem is None else None
             installed = backend.installed()
             if installed is None:
                 return False
             if pending is not None:
                 raise PendingConfirmationError(_pending_message(pending.pending))
-            self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
-                            snapshot=backend.snapshot(), previous=installed)
-            self.state.forget_installed()
+            if problem is None:
+                try:
+                    self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
+                                    snapshot=backend.snapshot(), previous=installed)
+                    self.state.forget_installed()
+                except StateError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                self._notify(f"warning: removing without recording it (`rollback` cannot undo this remove): "
+                             f"{problem}")
             backend.remove()
         return True
 

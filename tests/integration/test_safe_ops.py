@@ -9,7 +9,7 @@
 - two applies with different state directories in one namespace wait for each other (the ruleset lock),
   end with exactly one of the policies installed, and the other's next apply repairs it;
 - a state directory others can write is refused, and planted snapshots (another nft table, an iptables
-  INPUT accept) never reach the kernel.
+  INPUT accept) never reach the kernel; `remove` still removes when the state directory is unusable.
 
 Everything runs through `ip netns exec NS python -m dockerguard ...` with a per-test state directory;
 the root namespace's firewall is never touched. Needs root (skipped without, failed under CI).
@@ -437,3 +437,15 @@ def test_a_planted_iptables_snapshot_is_refused(ns: Netns) -> None:
     assert "is not a jump to one of our chains" in refused.stderr and "0001.json" in refused.stderr
     saved = ns.run("iptables-nft-save").stdout
     assert "-j ACCEPT" not in saved
+
+
+def test_remove_with_an_unusable_state_dir_still_removes(ns: Netns) -> None:
+    ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
+    assert ns.listing() is not None
+    ns.state_dir.chmod(0o777)
+    removed = ns.cli("remove", "--backend", "nft")
+    assert "removed dockerguard rules (nft)" in removed.stdout
+    assert "warning: removing without recording it" in removed.stderr and str(ns.state_dir) in removed.stderr
+    assert ns.listing() is None
+    ns.state_dir.chmod(0o700)
+    assert sorted(p.name for p in (ns.state_dir / "history").iterdir()) == ["0001.json"]  # nothing recorded

@@ -5,9 +5,9 @@ user pretends to be someone else by patching os.geteuid).
 1. the state directory and its files are trusted only when nobody else could have written them, symlinks
    are never followed, and every file read back is validated data that never makes root install
    anything;
-2. an unusable state directory makes `apply` refuse clearly;
+2. an unusable state directory makes `apply` refuse clearly and lets `remove` remove;
 3. leftovers of killed writers are cleaned, every file is 0600 whatever the umask;
-4. locks name their holder while one waits and when one gives up;
+4. locks name their holder while one waits and when one gives up; the CLI's commands all take --state-dir;
 5. the ruleset lock of the network namespace serialises applies that use different state directories;
 6. tools are run from a fixed, root-only search path.
 """
@@ -414,6 +414,42 @@ def test_iptables_driver_refuses_a_snapshot_that_is_not_an_object() -> None:
 
 
 # -- 2. unusable state directories ------------------------------------------------------------------------
+def test_remove_with_an_unusable_state_dir_still_removes_and_says_it_was_not_recorded(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    engine(tmp_path / "good", fake).apply(POLICY)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    bad.chmod(0o777)
+    notes = Notes()
+    assert engine(bad, fake, notify=notes).remove() is True
+    assert fake.kernel is None
+    assert "warning: removing without recording it (`rollback` cannot undo this remove)" in notes.text()
+    assert f"unusable state directory {bad}" in notes.text() and os.listdir(bad) == []
+
+
+def test_remove_goes_on_when_the_history_cannot_be_written(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    state = tmp_path / "state"
+    engine(state, fake).apply(POLICY)
+    for path in (state / "history").iterdir():
+        path.unlink()
+    (state / "history").rmdir()
+    (state / "history").write_text("")  # a file where the directory should be
+    notes = Notes()
+    assert engine(state, fake, notify=notes).remove() and fake.kernel is None
+    assert "removing without recording it" in notes.text() and "history: not a directory" in notes.text()
+
+
+def test_remove_waits_for_a_busy_state_dir_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBackend()
+    state = tmp_path / "state"
+    engine(state, fake).apply(POLICY)
+    monkeypatch.setattr(state_module, "LOCK_TIMEOUT", 0.3)
+    with StateDir(state).locked("dockerguard apply"), pytest.raises(LockTimeout):
+        engine(state, fake).remove()  # someone is changing the ruleset right now: not behind their back
+    assert fake.kernel is not None
+
+
 def test_cli_apply_with_an_unusable_state_dir_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     fake = FakeBackend()
@@ -561,6 +597,32 @@ def test_a_garbage_holder_record_is_not_shown(tmp_path: Path, monkeypatch: pytes
         (state / "lock").write_text('{"pid": 1, "command": "\\u001b[31mevil", "since": 0}')
         with pytest.raises(LockTimeout, match=r"held by another process \(it did not say which\)"):
             engine(state).apply(POLICY)
+
+
+@pytest.mark.parametrize("command", ["remove", "diff", "watch", "apply", "confirm", "rollback", "status"])
+def test_every_state_using_command_takes_state_dir(command: str) -> None:
+    help_text = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"}).output
+    assert "--state-dir" in help_text and "DOCKERGUARD_STATE_DIR" in help_text
+
+
+def test_remove_and_diff_use_the_given_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBackend()
+    seen: list[Path] = []
+
+    def factory(name: Any, **options: Any) -> Engine:
+        made = engine(options.pop("state_dir"), fake, **options)
+        seen.append(made.state.path)
+        return made
+
+    monkeypatch.setattr(cli, "_engine", factory)
+    policy = policy_file(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["apply", "-c", str(policy), "--state-dir", str(tmp_path / "a")]).exit_code == 0
+    assert runner.invoke(cli.app, ["diff", "-c", str(policy)], env={"DOCKERGUARD_STATE_DIR": str(tmp_path / "b")},
+                         ).exit_code == 0
+    assert runner.invoke(cli.app, ["remove", "--state-dir", str(tmp_path / "a")]).exit_code == 0
+    assert seen == [tmp_path / "a", tmp_path / "b", tmp_path / "a"]
+    assert StateDir(tmp_path / "a").history_numbers() == [1, 2]  # the remove was recorded there
 
 
 # -- 5. the ruleset lock of the network namespace -----------------------------------------------------------
