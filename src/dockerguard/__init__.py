@@ -19,8 +19,8 @@ _EXPORTS = {
     "Policy": "policy", "load_policy": "policy", "parse_policy": "policy",
     **{name: "errors" for name in (
         "ApplyError", "BackendUnavailable", "ConfirmError", "DemoError", "DetectionError", "DockerUnavailable",
-        "DockerguardError", "LockoutError", "PendingConfirmationError", "PolicyError", "RollbackError",
-        "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError")},
+        "DockerguardError", "LockTimeout", "LockoutError", "PendingConfirmationError", "PolicyError",
+        "RollbackError", "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError")},
 }
 __all__ = [
     "ApplyError",
@@ -35,6 +35,7 @@ __all__ = [
     "DockerUnavailable",
     "DockerguardError",
     "Engine",
+    "LockTimeout",
     "LockoutError",
     "PendingConfirmationError",
     "Plan",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
         DockerguardError,
         DockerUnavailable,
         LockoutError,
+        LockTimeout,
         PendingConfirmationError,
         PolicyError,
         RollbackError,

@@ -88,7 +88,7 @@ BackendOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 StateDirOption = typer.Option(
     None, "--state-dir", envvar="DOCKERGUARD_STATE_DIR",
-    help="History and pending confirmation (default /var/lib/dockerguard).",
+    help="History and pending confirmation (default /var/lib/dockerguard; must be root's, 0700).",
 )
 _options = {"verbose": False}  # global options from the callback
 _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
@@ -97,7 +97,14 @@ _LEVEL_STYLE = {"ok": "green", "warning": "yellow", "info": ""}
 def _engine(backend: Optional[str], **options: Any) -> Engine:
     from .engine import Engine
 
+    options.setdefault("notify", _notice)
     return Engine(None if backend is None else check_backend_name(backend), **options)
+
+
+def _notice(message: str) -> None:
+    """What the engine says while it works (whom a lock is waited for, ignored damaged state files), on
+    stderr: stdout stays parseable."""
+    err.print(message, soft_wrap=True)
 
 
 def _print_json(data: Any) -> None:
@@ -141,9 +148,10 @@ def diff(
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when apply would change something."),
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Show what apply would change (+ add, - remove): hooks, rules, set elements. Empty when nothing."""
-    result = _engine(backend).diff(load_policy(config))
+    result = _engine(backend, state_dir=state_dir).diff(load_policy(config))
     if as_json:
         _print_json({"backend": result.backend, "changed": result.changed,
                      "changes": [asdict(change) for change in result.changes]})
@@ -225,7 +233,7 @@ def confirm(state_dir: Optional[str] = StateDirOption) -> None:
     """Keep the rules of a pending `apply --confirm`; its rollback timer stands down."""
     from .engine import Engine
 
-    pending = Engine(state_dir=state_dir).confirm()
+    pending = Engine(state_dir=state_dir, notify=_notice).confirm()
     out.print(f"confirmed ruleset {pending.policy_digest} ({pending.backend}); it stays installed", soft_wrap=True)
 
 
@@ -364,10 +372,11 @@ def _who(sources: Optional[tuple[str, ...]]) -> str:
 
 
 @app.command()
-def remove(backend: Optional[str] = BackendOption) -> None:
+def remove(backend: Optional[str] = BackendOption, state_dir: Optional[str] = StateDirOption) -> None:
     """Delete everything dockerguard installed (with --backend: with that backend only; without: with every
-    backend that holds rules of ours). `rollback` puts them back."""
-    removed = _engine(backend).remove()
+    backend that holds rules of ours). Recorded, so `rollback` puts them back; when the state directory is
+    unusable, the rules are still removed and a warning says so."""
+    removed = _engine(backend, state_dir=state_dir).remove()
     out.print(f"removed dockerguard's rules ({', '.join(removed)})" if removed else
               f"nothing installed{f' ({backend})' if backend else ''}")
 
@@ -420,6 +429,7 @@ def list_bans(backend: Optional[str] = BackendOption, as_json: bool = JsonOption
         out.print("nobody is banned")
 
 
+
 @app.command()
 def backends(
     as_json: bool = JsonOption,
@@ -459,6 +469,7 @@ def watch(
     interval: float = typer.Option(5.0, "--interval", min=0.2, help="Seconds between drift checks."),
     docker_socket: Optional[str] = typer.Option(
         None, "--docker-socket", help="Docker API socket (default: the policy's docker_socket)."),
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
 
@@ -474,7 +485,7 @@ def watch(
     policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
-    engine = _engine(backend, docker=docker)
+    engine = _engine(backend, docker=docker, state_dir=state_dir, notify=logging.getLogger("dockerguard").warning)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -520,9 +531,9 @@ def _entry_point() -> list[str]:
 def rollback_timer(token: str = typer.Argument(...), state_dir: Optional[str] = StateDirOption) -> None:
     """Internal: the detached process `apply --confirm` starts (see state.spawn_rollback_timer)."""
     from .engine import Engine
-    from .state import StateDir
+    from .state import StateDir, check_token
 
-    found = StateDir(state_dir).read_pending(token)
+    found = StateDir(state_dir).read_pending(check_token(token))
     if found is not None:
         Engine(found.pending.backend, state_dir=state_dir).run_rollback_timer(token)
 

@@ -21,12 +21,11 @@ for most of it); `decide(facts)` is pure.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, replace
 
 from .backends import driver_class
-from .backends.common import iptables_binary, run_tool
+from .backends.common import find_tool, iptables_binary, run_tool
 from .docker import DockerClient
 from .errors import DetectionError, DockerUnavailable
 from .model import Family
@@ -202,7 +201,7 @@ def _docker_says(docker: DockerClient | None) -> tuple[str | None, str]:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
     """The tool's result; None when it is not installed or could not run."""
-    if shutil.which(argv[0]) is None:
+    if find_tool(argv[0]) is None:
         return None
     try:
         return run_tool(argv, timeout=_TIMEOUT)

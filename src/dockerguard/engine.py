@@ -4,8 +4,9 @@ status and remove: the API behind the CLI.
     from dockerguard import Engine, load_policy
     Engine().apply(load_policy("/etc/dockerguard/policy.toml"))
 
-Every method that changes the ruleset holds the state directory's lock, records the driver's snapshot in
-the history first, and reports what it did as `Step`s (the CLI prints them with --verbose).
+Every method that changes the ruleset holds the ruleset lock of its network namespace and then the state
+directory's lock (see `locking`), records the driver's snapshot in the history first, and reports what it
+did as `Step`s (the CLI prints them with --verbose).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import published
+from . import state as state_module
 from .audit import AuditReport, audit
 from .backends import (
     DRIVERS,
@@ -44,17 +47,19 @@ from .errors import (
     ConfirmError,
     DockerguardError,
     LockoutError,
+    LockTimeout,
     PendingConfirmationError,
     RollbackError,
     StateError,
     TransactionError,
     UsageError,
 )
+from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .net import AddressError, Network, parse_network
 from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
-from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer, write_atomic
+from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
 HOST_GUARD_SECONDS = 120.0
@@ -64,6 +69,7 @@ OVERDUE_GRACE = 5.0
 TIMER_POLL = 0.25  # how often the timer looks whether `confirm` removed the pending file
 
 TimerLauncher = Callable[[Path, str], int]
+Notify = Callable[[str], None]
 # Optional, not `X | None`: a module-level alias is evaluated at run time, also on Python 3.9.
 Discoverer = Callable[[Optional[Callable[[], list[ContainerInfo]]]], published.Discovery]
 
@@ -155,14 +161,19 @@ class Engine:
     /var/lib/dockerguard. `timer_launcher(state_dir, token) -> pid` starts the rollback timer of
     `apply(confirm=...)` (tests replace it; the default is a detached process). `discover(containers)`
     finds the published ports (default: `published.discover`, which asks the Docker API through
-    `containers` and reads the kernel)."""
+    `containers` and reads the kernel). `notify(message)` hears what the user should know while it
+    happens: whom a lock is waited for, damaged state files that were ignored, a remove that could not be
+    recorded (default: the "dockerguard" logger)."""
 
     def __init__(self, backend: Backend | str | None = None, *, state_dir: str | os.PathLike[str] | None = None,
                  timer_launcher: TimerLauncher | None = None, docker: DockerClient | None = None,
-                 discover: Discoverer | None = None) -> None:
+                 discover: Discoverer | None = None, notify: Notify | None = None) -> None:
         self._requested = backend
         self._resolved: tuple[Backend, Detection | None] | None = None
-        self.state = StateDir(state_dir)
+        self._notify = notify if notify is not None else logging.getLogger("dockerguard").warning
+        # A driver instance (the test driver) may name itself in what it recorded.
+        own = (backend.name,) if isinstance(backend, Backend) else ()
+        self.state = StateDir(state_dir, backends=own, warn=self._notify)
         self._launch_timer = timer_launcher or spawn_rollback_timer
         self._docker = docker
         self._discover = discover or published.discover
@@ -267,7 +278,7 @@ class Engine:
                guard: bool) -> ApplyResult:
         backend, detection = self.backend(policy)
         record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
-        with self.state.locked():
+        with self._locked("apply"):
             pending = self._settle_pending(record)
             plan = self.plan(policy)
             digest = plan.ruleset.digest
@@ -325,6 +336,8 @@ class Engine:
             record = _Recorder()
             try:
                 result = self._unchanged(Path(path), record)
+            except LockTimeout:
+                raise  # the full path would only wait as long again
             except (DockerguardError, OSError) as exc:  # the full path says it properly, if it matters
                 record("fast path", f"not taken: {exc}")
                 result = None
@@ -337,7 +350,7 @@ class Engine:
         the policy file's bytes, the backend, the published ports and container ports Docker reports, and
         the kernel: its nftables generation (no transaction since, by anyone), or else a read-back of our
         objects. None otherwise."""
-        with self.state.locked():
+        with self._locked("apply"):
             known = self.state.installed_record()
             if known is None or self.state.pending() is not None:
                 return None
@@ -455,7 +468,7 @@ class Engine:
     def expire_pending(self, token: str, reason: str = "deadline") -> RollbackResult | None:
         """Roll back the pending apply `token` now, unless `confirm` got there first (then None)."""
         record = _Recorder()
-        with self.state.locked():
+        with self._locked("rollback"):
             claimed = self.state.claim_pending(token)
             if claimed is None:
                 return None
@@ -465,9 +478,10 @@ class Engine:
     def run_rollback_timer(self, token: str, poll: float = TIMER_POLL) -> RollbackResult | None:
         """The body of the detached timer: wait for the deadline (or for the pending file to go away),
         then roll back. Returns None when the apply was confirmed or cancelled."""
-        pid_path = self.state.timer_pid_path(token)
-        with contextlib.suppress(StateError):  # then `spawn_rollback_timer` reports that the timer did not start
-            write_atomic(pid_path, f"{os.getpid()}\n")  # it waits for this file: never half-written
+        # `spawn_rollback_timer` waits for this file (written atomically: never seen half-written); when it
+        # cannot be written, that reports the timer did not start.
+        with contextlib.suppress(StateError, FileNotFoundError):
+            self.state.write_timer_pid(token)
         try:
             found = self.state.read_pending(token)
             if found is None:
@@ -480,15 +494,14 @@ class Engine:
                 time.sleep(min(poll, remaining))
             return None
         finally:
-            with contextlib.suppress(OSError):
-                pid_path.unlink()
+            self.state.remove_timer_pid(token)
 
     def rollback(self) -> RollbackResult:
         """Restore the ruleset from before the last recorded change (a pending `apply --confirm` first),
         verify it by reading it back, and drop that history entry."""
         record = _Recorder()
         try:
-            with self.state.locked():
+            with self._locked("rollback"):
                 for interrupted in self.state.claimed():  # under the lock: no timer is working on it
                     record("retry", f"finishing the interrupted rollback of {interrupted.pending.token}")
                     return self._undo_claimed(interrupted, "rollback", record)
@@ -503,7 +516,11 @@ class Engine:
                     raise StateError(f"nothing to roll back: no change recorded in {self.state.history_dir}")
                 entry = self.state.entry(numbers[-1])
                 backend = self._backend_named(entry.backend)
-                self._restore_verified(backend, entry.snapshot, entry.previous, record)
+                try:
+                    self._restore_verified(backend, entry.snapshot, entry.previous, record)
+                except StateError as exc:  # refused as data: nothing was sent
+                    raise StateError(f"{self.state.history_dir / f'{entry.number:04d}.json'}: {exc}; move it "
+                                     "away to roll back past it") from exc
                 self.state.drop(entry.number)
                 record("history", f"dropped entry {entry.number}")
                 return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "rollback",
@@ -520,6 +537,13 @@ class Engine:
         try:
             backend = self._backend_named(pending.backend)
             self._restore_verified(backend, claimed.snapshot, claimed.previous, record)
+        except StateError as exc:
+            # The driver refused the snapshot as data (not its own objects), before sending anything:
+            # retrying cannot help, so set the file aside instead of leaving it for `rollback` forever.
+            aside = self.state.set_aside_claim(pending.token)
+            message = f"{exc} ({aside} holds it)"
+            self.state.write_last_rollback({**outcome, "time": time.time(), "ok": False, "error": message})
+            raise StateError(message) from exc
         except DockerguardError as exc:
             self.state.write_last_rollback({**outcome, "time": time.time(), "ok": False, "error": str(exc)})
             raise
@@ -556,7 +580,10 @@ class Engine:
             claimed = self.state.claim_pending(pending.token)
             if claimed is not None:
                 record("pending", f"confirmation {pending.token} is overdue and its timer is gone: rolling back")
-                self._undo_claimed(claimed, "overdue", record)
+                try:
+                    self._undo_claimed(claimed, "overdue", record)
+                except StateError as exc:  # a snapshot refused as data installs nothing: go on without it
+                    self._notify(f"warning: the overdue apply --confirm was not rolled back: {exc}")
             return None
         return found
 
@@ -611,15 +638,32 @@ class Engine:
         backend that holds objects of ours. Returns the backends removed from (empty: nothing was there).
         Each removal is recorded in the history like an apply, so `rollback` can put the rules back.
         Raises when something of ours is still there afterwards: `remove` never reports a success it did
-        not achieve."""
+        not achieve.
+
+        An unusable state directory (untrusted, damaged, unwritable) does not stop it: remove reads
+        nothing from there and only deletes our own objects, under the ruleset lock, so the rules go and
+        `notify` says that this remove could not be recorded (`rollback` cannot undo it). Someone who
+        needs the rules gone at 3 a.m. should not first have to repair a directory. A state directory
+        locked by another dockerguard still stops it (LockTimeout names the holder): that one is busy
+        changing the ruleset right now."""
         if self._requested is not None:
             backends = [self.backend()[0]]
         else:
             backends = [backend for backend in map(get_backend, DRIVERS) if backend.availability().available]
         record = _Recorder()
         removed: list[str] = []
-        with self.state.locked():
-            pending = self._settle_pending(record)
+        deadline = time.monotonic() + state_module.LOCK_TIMEOUT
+        with contextlib.ExitStack() as held:
+            held.enter_context(ruleset_lock("dockerguard remove", state_module.LOCK_TIMEOUT, self._notify))
+            problem = None
+            try:
+                held.enter_context(self.state.locked("dockerguard remove", timeout=remaining(deadline),
+                                                     on_wait=self._notify))
+            except LockTimeout:
+                raise
+            except StateError as exc:
+                problem = str(exc)
+            pending = self._settle_pending(record) if problem is None else None
             for backend in backends:
                 backend.ensure_available()
                 installed, snapshot = backend.read()
@@ -627,9 +671,16 @@ class Engine:
                     continue
                 if pending is not None:
                     raise PendingConfirmationError(_pending_message(pending.pending))
-                self.state.push(backend=backend.name, action="remove", policy_digest=None, policy_path=None,
-                                snapshot=snapshot, previous=installed)
-                self.state.forget_installed()
+                if problem is None:
+                    try:
+                        self.state.push(backend=backend.name, action="remove", policy_digest=None,
+                                        policy_path=None, snapshot=snapshot, previous=installed)
+                        self.state.forget_installed()
+                    except StateError as exc:
+                        problem = str(exc)
+                if problem is not None:
+                    self._notify(f"warning: removing without recording it (`rollback` cannot undo this remove): "
+                                 f"{problem}")
                 backend.remove()
                 removed.append(backend.name)
             left = [backend.name for backend in backends if backend.installed() is not None]
@@ -656,6 +707,17 @@ class Engine:
         backend, _ = self.backend()
         backend.ensure_available()
         return backend.bans()
+
+
+    # -- locking -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, command: str) -> Iterator[None]:
+        """The ruleset lock of this network namespace, then the state directory's (always in this order:
+        see `locking`), within one LOCK_TIMEOUT; `notify` hears whom we wait for."""
+        deadline = time.monotonic() + state_module.LOCK_TIMEOUT
+        with ruleset_lock(f"dockerguard {command}", state_module.LOCK_TIMEOUT, self._notify), \
+                self.state.locked(f"dockerguard {command}", timeout=remaining(deadline), on_wait=self._notify):
+            yield
 
 
 def _ban_network(address: str) -> Network:

@@ -73,6 +73,15 @@ class StateError(DockerguardError):
     to act on (e.g. `rollback` with an empty history)."""
 
 
+class LockTimeout(StateError):
+    """Another dockerguard held the lock for too long; `holder` (locking.Holder, or None when it did not
+    say) is who it was."""
+
+    def __init__(self, message: str, holder: Any = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class PendingConfirmationError(DockerguardError):
     """An `apply --confirm` still awaits `dockerguard confirm`; nothing else may change the ruleset first."""
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .backends.common import run_tool
 from .model import Family, Ruleset
 from .net import AddressError, format_address, parse_address
 
@@ -66,9 +67,8 @@ def current_sessions(environ: Mapping[str, str] | None = None) -> list[Session]:
     """The SSH sessions into this host (network namespace), with their incoming interfaces."""
     found = sessions_from_environment(os.environ if environ is None else environ)
     try:
-        listening = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, timeout=10).stdout
-        established = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True,
-                                     timeout=10).stdout
+        listening = run_tool(["ss", "-Htlnp"], timeout=10).stdout
+        established = run_tool(["ss", "-Htn", "state", "established"], timeout=10).stdout
         found += sessions_from_ss(listening, established)
     except (OSError, subprocess.SubprocessError):
         pass  # no ss: SSH_CONNECTION alone

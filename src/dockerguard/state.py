@@ -2,33 +2,41 @@
 
 Layout (default /var/lib/dockerguard, or $DOCKERGUARD_STATE_DIR, or --state-dir)::
 
-    lock                      flock()ed by every command that changes the ruleset
+    lock                      flock()ed by every command that changes the ruleset; names its holder
     history/0001.json ...     one per changing apply/remove: the driver's snapshot from just before it
     pending/<token>.json      an `apply --confirm` awaiting `dockerguard confirm` (at most one)
     pending/<token>.claimed   the same file after the rollback timer (or `rollback`) took it over
     timer-<token>.pid         written by the detached rollback timer while it runs
+    installed.json            what the last verified apply installed (the cheap no-op compares with it)
     last-rollback.json        outcome of the last automatic rollback (the timer has no terminal)
 
-Every file is written to a temporary name and renamed into place, so a reader (or a crash) never sees a
-half-written file. Snapshots describe the firewall, so the directory is created 0700.
+Root installs what these files say, so the directory is trusted only as far as `safefs` checks it (ours,
+0700, no symlinks, no directory above it writable by others), every file goes through a descriptor of
+it without following symlinks, and every file read is DATA: validated field by field (our own backend
+names, digests and tokens of a fixed form, numbers in range) and, when damaged, reported and ignored
+(or the command that needs it refuses), never acted upon. Snapshots are validated once more by the
+driver that restores them, against its own object names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import InstalledRule, InstalledState, Snapshot
-from .errors import StateError
-from .locking import flock_exclusive
+from . import safefs
+from .backends import BACKEND_CHOICES, InstalledRule, InstalledState, Snapshot, check_backend_name
+from .errors import DockerguardError, StateError
+from .locking import acquire
 
 DEFAULT_STATE_DIR = "/var/lib/dockerguard"
 ENV_STATE_DIR = "DOCKERGUARD_STATE_DIR"
@@ -36,6 +44,19 @@ HISTORY_LIMIT = 10
 LOCK_TIMEOUT = 30.0
 TIMER_START_TIMEOUT = 15.0
 _FORMAT = 1
+
+TOKEN = re.compile(r"[0-9a-f]{16}")  # secrets.token_hex(8): names pending files, pid files, timer argv
+_DIGEST = re.compile(r"[0-9a-f]{1,64}")  # ruleset digests (12), sha256 digests (64)
+_BOOT_ID = re.compile(r"[0-9a-f-]{0,64}")
+_HISTORY_NAME = re.compile(r"([0-9]{1,9})\.json")
+_ACTIONS = ("apply", "remove")
+_REASONS = ("rollback", "deadline", "declined", "overdue")
+_MAX_TEXT = 4096
+# The in-memory test driver (backends/fake.py) records changes too. It is no registered driver, so a
+# record naming it can never make the CLI load a driver and install anything.
+_TEST_BACKENDS = frozenset({"fake"})
+
+Warn = Callable[[str], None]
 
 
 def resolve_state_dir(value: str | os.PathLike[str] | None = None) -> Path:
@@ -51,6 +72,13 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def check_token(token: str) -> str:
+    """A pending confirmation's token, which names files and is a command-line argument of the timer."""
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise StateError(f"{token!r:.40} is not a pending-confirmation token (16 hex digits)")
+    return token
 
 
 @dataclass(frozen=True)
@@ -90,53 +118,121 @@ class PendingRecord:
 
 
 class StateDir:
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    """`backends`: names besides the registered drivers that recorded changes may name (an Engine built
+    on a driver instance, e.g. the test driver). `warn` hears about damaged files that were ignored."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, backends: Iterable[str] = (),
+                 warn: Warn | None = None) -> None:
         self.path = resolve_state_dir(path)
         self.history_dir = self.path / "history"
         self.pending_dir = self.path / "pending"
+        self._backends = _TEST_BACKENDS | frozenset(backends)
+        self._warn: Warn = warn if warn is not None else (lambda message: None)
+        self._held: int | None = None  # the directory's descriptor while locked() holds it
+
+    # -- the directory -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _root(self, *, create: bool = False) -> Iterator[int]:
+        """A checked descriptor of the state directory (FileNotFoundError when missing, unless `create`)."""
+        if self._held is not None:
+            yield self._held
+            return
+        fd = self._open(create=create)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open(self, *, create: bool) -> int:
+        try:
+            return safefs.open_dir(self.path, create=create)
+        except StateError as exc:
+            raise StateError(f"unusable state directory {self.path}: {exc}; or use another state directory "
+                             f"(--state-dir DIR, ${ENV_STATE_DIR})") from None
+
+    @contextlib.contextmanager
+    def _sub(self, name: str, *, create: bool = False) -> Iterator[int]:
+        """history/ or pending/, checked like the state directory itself."""
+        with self._root(create=create) as root:
+            fd = safefs.open_subdir(root, name, str(self.path / name), create=create)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+
+    def check(self) -> None:
+        """Raise StateError when the state directory exists but cannot be trusted."""
+        with contextlib.suppress(FileNotFoundError), self._root():
+            pass
 
     # -- locking -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-        """Serialise changes between dockerguard processes (CLI, rollback timer, systemd at boot)."""
-        self._ensure()
+    def locked(self, command: str = "dockerguard", *, timeout: float | None = None,
+               on_wait: Warn | None = None) -> Iterator[None]:
+        """Serialise changes between dockerguard processes sharing this state directory (CLI, rollback
+        timer, systemd at boot). The lock file names its holder for those who wait. Leftover temporary
+        files of writers that died are deleted."""
+        root = self._open(create=True)
         try:
-            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StateError(f"cannot open {self.path / 'lock'}: {exc.strerror}") from None
-        try:
+            lock = safefs.open_lock_file(root, "lock", str(self.path / "lock"))
             try:
-                locked = flock_exclusive(fd, timeout)
-            except OSError:
-                locked = False
-            if not locked:
-                raise StateError(f"{self.path} is locked by another dockerguard process (waited {timeout:.0f} s)")
-            yield
+                acquire(lock, str(self.path / "lock"), command, LOCK_TIMEOUT if timeout is None else timeout,
+                        on_wait)
+                self._held = root
+                try:
+                    self._clean_temporaries(root)
+                    yield
+                finally:
+                    self._held = None
+            finally:
+                os.close(lock)  # also releases the lock
         finally:
-            os.close(fd)  # also releases the lock
+            os.close(root)
+
+    def _clean_temporaries(self, root: int) -> None:
+        removed = [str(self.path / name) for name in safefs.clean_stale_temporaries(root)]
+        for sub in ("history", "pending"):
+            with contextlib.suppress(FileNotFoundError), self._sub(sub) as fd:
+                removed += [str(self.path / sub / name) for name in safefs.clean_stale_temporaries(fd)]
+        if removed:
+            self._warn(f"deleted {len(removed)} temporary file(s) left by an interrupted dockerguard: "
+                       + ", ".join(removed))
 
     # -- history -----------------------------------------------------------------------------------
     def history_numbers(self) -> list[int]:
         try:
-            names = os.listdir(self.history_dir)
+            with self._sub("history") as fd:
+                names = os.listdir(fd)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StateError(f"cannot read {self.history_dir}: {exc.strerror}") from None
-        return sorted(int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit())
+        return sorted(int(match.group(1)) for match in map(_HISTORY_NAME.fullmatch, names) if match)
 
     def history(self) -> list[HistoryEntry]:
-        return [self.entry(number) for number in self.history_numbers()]
+        """The readable entries; damaged ones are reported and left out."""
+        entries = []
+        for number in self.history_numbers():
+            try:
+                entries.append(self.entry(number))
+            except FileNotFoundError:
+                continue
+            except StateError as exc:
+                self._warn(f"warning: {exc}")
+        return entries
 
     def entry(self, number: int) -> HistoryEntry:
-        raw = _read_json(self._entry_path(number))
+        where = self._entry_path(number)
         try:
-            return HistoryEntry(int(raw["number"]), str(raw["backend"]), float(raw["timestamp"]),
-                                str(raw.get("action", "apply")), raw.get("policy_digest"),
-                                raw.get("policy_path"), snapshot_from_json(raw["snapshot"]),
-                                state_from_json(raw.get("previous")))
+            raw = self._read_json("history", where.name, where)
+        except FileNotFoundError:
+            raise StateError(f"{where} is gone (deleted meanwhile?)") from None
+        try:
+            entry = self._history_from_json(raw, number)
         except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"{self._entry_path(number)} is damaged ({exc!r})") from None
+            raise StateError(f"{where} is damaged ({_problem(exc)}): nothing in it is used; move it away to "
+                             "roll back past it") from None
+        return entry
 
     def push(self, *, backend: str, action: str, policy_digest: str | None, policy_path: str | None,
              snapshot: Snapshot, previous: InstalledState | None) -> HistoryEntry:
@@ -144,135 +240,273 @@ class StateDir:
         numbers = self.history_numbers()
         entry = HistoryEntry((numbers[-1] + 1) if numbers else 1, backend, time.time(), action,
                              policy_digest, policy_path, snapshot, previous)
-        self._ensure(self.history_dir)
-        _write_json(self._entry_path(entry.number), {
-            "format": _FORMAT, "number": entry.number, "backend": backend, "timestamp": entry.timestamp,
-            "action": action, "policy_digest": policy_digest, "policy_path": policy_path,
-            "snapshot": snapshot_to_json(snapshot), "previous": state_to_json(previous)})
-        for old in [*numbers, entry.number][:-HISTORY_LIMIT]:
-            self.drop(old)
+        with self._sub("history", create=True) as fd:
+            _write_json(fd, self._entry_path(entry.number), {
+                "format": _FORMAT, "number": entry.number, "backend": backend, "timestamp": entry.timestamp,
+                "action": action, "policy_digest": policy_digest, "policy_path": policy_path,
+                "snapshot": snapshot_to_json(snapshot), "previous": state_to_json(previous)})
+            for old in [*numbers, entry.number][:-HISTORY_LIMIT]:
+                safefs.unlink(fd, self._entry_path(old).name)
         return entry
 
     def drop(self, number: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._entry_path(number))
+        with contextlib.suppress(FileNotFoundError), self._sub("history") as fd:
+            safefs.unlink(fd, self._entry_path(number).name)
 
     def _entry_path(self, number: int) -> Path:
         return self.history_dir / f"{number:04d}.json"
 
     # -- pending confirmation ----------------------------------------------------------------------
     def pending(self) -> PendingRecord | None:
-        """The pending confirmation, if any (there is at most one: apply refuses a second)."""
-        try:
-            names = sorted(name for name in os.listdir(self.pending_dir) if name.endswith(".json"))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(f"cannot read {self.pending_dir}: {exc.strerror}") from None
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):  # confirmed or claimed meanwhile
-                return _pending_from_json(_read_json(self.pending_dir / name))
+        """The pending confirmation, if any (there is at most one: apply refuses a second). A damaged or
+        foreign file is reported and ignored: it guards nothing we could restore."""
+        for record in self._pending_records(".json"):
+            return record
         return None
 
     def claimed(self) -> list[PendingRecord]:
         """Pending files a rollback took over and has not finished (it failed, or it runs right now)."""
+        return list(self._pending_records(".claimed"))
+
+    def _pending_records(self, suffix: str) -> Iterator[PendingRecord]:
         try:
-            names = sorted(name for name in os.listdir(self.pending_dir) if name.endswith(".claimed"))
+            with self._sub("pending") as fd:
+                names = sorted(name for name in os.listdir(fd) if name.endswith(suffix))
         except FileNotFoundError:
-            return []
-        records = []
+            return
+        except OSError as exc:
+            raise StateError(f"cannot read {self.pending_dir}: {exc.strerror}") from None
         for name in names:
-            with contextlib.suppress(FileNotFoundError, StateError):
-                records.append(_pending_from_json(_read_json(self.pending_dir / name)))
-        return records
+            token = name[:-len(suffix)]
+            if not TOKEN.fullmatch(token):
+                self._warn(f"warning: ignored {self.pending_dir / name}: not a name dockerguard writes")
+                continue
+            try:
+                record = self._read_record(token, name)
+            except FileNotFoundError:  # confirmed or claimed meanwhile
+                continue
+            except StateError as exc:
+                self._warn(f"warning: ignored {exc}")
+                continue
+            yield record
 
     def create_pending(self, record: PendingRecord) -> None:
-        self._ensure(self.pending_dir)
         pending = record.pending
-        _write_json(self.pending_dir / f"{pending.token}.json", {
-            "format": _FORMAT, "token": pending.token, "backend": pending.backend, "created": pending.created,
-            "deadline": pending.deadline, "entry": pending.entry, "policy_digest": pending.policy_digest,
-            "boot_id": pending.boot_id, "snapshot": snapshot_to_json(record.snapshot),
-            "previous": state_to_json(record.previous)})
+        check_token(pending.token)
+        with self._sub("pending", create=True) as fd:
+            _write_json(fd, self.pending_dir / f"{pending.token}.json", {
+                "format": _FORMAT, "token": pending.token, "backend": pending.backend,
+                "created": pending.created, "deadline": pending.deadline, "entry": pending.entry,
+                "policy_digest": pending.policy_digest, "boot_id": pending.boot_id,
+                "snapshot": snapshot_to_json(record.snapshot), "previous": state_to_json(record.previous)})
 
     # The decision point between `confirm` and the rollback timer: whichever of the unlink (confirm) and
     # the rename (rollback) of pending/<token>.json succeeds first wins, the other gets ENOENT. Both are
     # atomic in the kernel, so "confirm at the deadline" has exactly one outcome.
     def unlink_pending(self, token: str) -> bool:
         """`confirm` (and an apply that failed and was undone) take the pending file away."""
+        check_token(token)
         try:
-            os.unlink(self.pending_dir / f"{token}.json")
+            with self._sub("pending") as fd:
+                if not safefs.unlink(fd, f"{token}.json"):
+                    return False
+                safefs.fsync_dir(fd)
         except FileNotFoundError:
             return False
-        _fsync_dir(self.pending_dir)
         return True
 
     def claim_pending(self, token: str) -> PendingRecord | None:
-        claimed = self.pending_dir / f"{token}.claimed"
+        check_token(token)
         try:
-            os.rename(self.pending_dir / f"{token}.json", claimed)
+            with self._sub("pending") as fd:
+                os.rename(f"{token}.json", f"{token}.claimed", src_dir_fd=fd, dst_dir_fd=fd)
+                safefs.fsync_dir(fd)
         except FileNotFoundError:
             return None
-        _fsync_dir(self.pending_dir)
-        return _pending_from_json(_read_json(claimed))
+        except OSError as exc:
+            raise StateError(f"cannot claim {self.pending_dir / f'{token}.json'}: {exc.strerror}") from None
+        return self._read_record(token, f"{token}.claimed")
+
+    def set_aside_claim(self, token: str) -> Path:
+        """A claimed file whose snapshot was refused becomes `<token>.refused`: kept for a human to look
+        at, never read again."""
+        check_token(token)
+        with contextlib.suppress(FileNotFoundError), self._sub("pending") as fd:
+            os.rename(f"{token}.claimed", f"{token}.refused", src_dir_fd=fd, dst_dir_fd=fd)
+        return self.pending_dir / f"{token}.refused"
 
     def release_claim(self, token: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.pending_dir / f"{token}.claimed")
+        check_token(token)
+        with contextlib.suppress(FileNotFoundError), self._sub("pending") as fd:
+            safefs.unlink(fd, f"{token}.claimed")
 
     def read_pending(self, token: str) -> PendingRecord | None:
+        check_token(token)
         try:
-            return _pending_from_json(_read_json(self.pending_dir / f"{token}.json"))
+            return self._read_record(token, f"{token}.json")
         except FileNotFoundError:
             return None
 
     def is_pending(self, token: str) -> bool:
-        return (self.pending_dir / f"{token}.json").exists()
+        check_token(token)
+        try:
+            with self._sub("pending") as fd:
+                return safefs.exists(fd, f"{token}.json")
+        except FileNotFoundError:
+            return False
+
+    def _read_record(self, token: str, name: str) -> PendingRecord:
+        where = self.pending_dir / name
+        raw = self._read_json("pending", name, where)
+        try:
+            record = self._pending_from_json(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{where} is damaged ({_problem(exc)}): nothing in it is used") from None
+        if record.pending.token != token:
+            raise StateError(f"{where} names token {record.pending.token}, not {token}: nothing in it is used")
+        return record
 
     # -- what the last verified apply installed -----------------------------------------------------
     def installed_record(self) -> dict[str, Any] | None:
         """installed.json (see Engine._unchanged); None when missing or not what we wrote."""
+        where = self.path / "installed.json"
         try:
-            record = _read_json(self.path / "installed.json")
-        except (FileNotFoundError, StateError):
+            raw = self._read_json(None, "installed.json", where)
+            return self._installed_from_json(raw)
+        except FileNotFoundError:
             return None
-        keys = ("backend", "policy", "facts", "ruleset", "inputs", "state")
-        if not all(key in record for key in keys) or not isinstance(record["facts"], dict):
-            return None
-        return record
+        except StateError as exc:
+            self._warn(f"warning: ignored {exc}")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
+        return None
 
     def write_installed(self, record: dict[str, Any]) -> None:
-        self._ensure()
-        _write_json(self.path / "installed.json", {"format": _FORMAT, **record})
+        with self._root(create=True) as fd:
+            _write_json(fd, self.path / "installed.json", {"format": _FORMAT, **record})
 
     def forget_installed(self) -> None:
         """Before anything changes the ruleset: the next apply takes the full path."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path / "installed.json")
+        with contextlib.suppress(FileNotFoundError), self._root() as fd:
+            safefs.unlink(fd, "installed.json")
 
     # -- the timer's traces ------------------------------------------------------------------------
     def timer_pid_path(self, token: str) -> Path:
-        return self.path / f"timer-{token}.pid"
+        return self.path / f"timer-{check_token(token)}.pid"
+
+    def write_timer_pid(self, token: str) -> None:
+        with self._root() as fd:
+            safefs.write_file(fd, self.timer_pid_path(token).name, f"{os.getpid()}\n".encode(),
+                              str(self.timer_pid_path(token)))
+
+    def remove_timer_pid(self, token: str) -> None:
+        with contextlib.suppress(FileNotFoundError, StateError), self._root() as fd:
+            safefs.unlink(fd, self.timer_pid_path(token).name)
+
+    def timer_started(self, token: str) -> bool:
+        try:
+            with self._root() as fd:
+                return safefs.exists(fd, self.timer_pid_path(token).name)
+        except FileNotFoundError:
+            return False
 
     def write_last_rollback(self, outcome: dict[str, Any]) -> None:
-        with contextlib.suppress(StateError):  # a report; never worth failing a rollback for
-            _write_json(self.path / "last-rollback.json", outcome)
+        # A report: never worth failing a rollback for.
+        with contextlib.suppress(StateError, FileNotFoundError), self._root() as fd:
+            _write_json(fd, self.path / "last-rollback.json", outcome)
 
     def last_rollback(self) -> dict[str, Any] | None:
+        where = self.path / "last-rollback.json"
         try:
-            return _read_json(self.path / "last-rollback.json")
-        except (FileNotFoundError, StateError):
+            return self._last_rollback_from_json(self._read_json(None, "last-rollback.json", where))
+        except FileNotFoundError:
             return None
+        except StateError as exc:
+            self._warn(f"warning: ignored {exc}")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
+        return None
 
-    def _ensure(self, directory: Path | None = None) -> None:
-        for path in (self.path, directory):
-            if path is None:
-                continue
-            try:
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StateError(f"cannot create state directory {path}: {exc.strerror} "
-                                 f"(use --state-dir or ${ENV_STATE_DIR})") from None
+    # -- reading: every file is data ----------------------------------------------------------------
+    def _read_json(self, sub: str | None, name: str, where: Path) -> dict[str, Any]:
+        with contextlib.ExitStack() as stack:
+            fd = stack.enter_context(self._sub(sub) if sub else self._root())
+            data = safefs.read_file(fd, name, str(where))
+        try:
+            raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise StateError(f"{where} is damaged: {_problem(exc)}") from None
+        if not isinstance(raw, dict):
+            raise StateError(f"{where} is damaged: not a JSON object")
+        return raw
+
+    def _backend(self, value: Any) -> str:
+        if isinstance(value, str) and value in self._backends:
+            return value
+        try:
+            return check_backend_name(value, allow_auto=False)
+        except DockerguardError:
+            raise ValueError(f"backend {value!r:.40} is not one of dockerguard's") from None
+
+    def _history_from_json(self, raw: dict[str, Any], number: int) -> HistoryEntry:
+        if _int(raw, "number", 1, 10**9) != number:
+            raise ValueError(f"it says it is entry {raw['number']}")
+        backend = self._backend(raw["backend"])
+        return HistoryEntry(number, backend, _float(raw, "timestamp"), _choice(raw, "action", _ACTIONS),
+                            _text(raw, "policy_digest", _DIGEST, optional=True),
+                            _text(raw, "policy_path", optional=True),
+                            self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")))
+
+    def _pending_from_json(self, raw: dict[str, Any]) -> PendingRecord:
+        backend = self._backend(raw["backend"])
+        pending = Pending(str(_text(raw, "token", TOKEN)), backend, _float(raw, "created"), _float(raw, "deadline"),
+                          _int(raw, "entry", 1, 10**9), str(_text(raw, "policy_digest", _DIGEST)),
+                          str(_text(raw, "boot_id", _BOOT_ID, optional=True) or ""))
+        return PendingRecord(pending, self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")))
+
+    def _installed_from_json(self, raw: dict[str, Any]) -> dict[str, Any]:
+        facts = raw["facts"]
+        if not isinstance(facts, dict):
+            raise TypeError("facts is not an object")
+        if facts.get("backend") not in BACKEND_CHOICES and facts.get("backend") not in self._backends:
+            raise ValueError(f"facts.backend {facts.get('backend')!r:.40} is not one of dockerguard's")
+        socket = _text(facts, "docker_socket")
+        if not socket or not socket.startswith("/"):
+            raise ValueError("facts.docker_socket is not an absolute path")
+        checked_facts = {"backend": facts["backend"], "docker_socket": socket,
+                         "uses_containers": _bool(facts, "uses_containers"),
+                         "filter_proxy_path": _bool(facts, "filter_proxy_path"),
+                         "uses_networks": _bool(facts, "uses_networks") if "uses_networks" in facts else False}
+        generation = raw.get("generation")
+        if generation is not None:
+            generation = _int(raw, "generation", 0, 2**64)
+        state = raw["state"]
+        if state != "nothing":
+            _text(raw, "state", _DIGEST)
+        return {"backend": self._backend(raw["backend"]), "policy": _text(raw, "policy", _DIGEST),
+                "facts": checked_facts, "ruleset": _text(raw, "ruleset", _DIGEST),
+                "inputs": _text(raw, "inputs", _DIGEST), "generation": generation, "state": state}
+
+    def _last_rollback_from_json(self, raw: dict[str, Any]) -> dict[str, Any]:
+        outcome = {"token": _text(raw, "token", TOKEN), "backend": self._backend(raw["backend"]),
+                   "entry": _int(raw, "entry", 1, 10**9), "policy_digest": _text(raw, "policy_digest", _DIGEST),
+                   "reason": _choice(raw, "reason", _REASONS), "time": _float(raw, "time"), "ok": _bool(raw, "ok")}
+        if "error" in raw:
+            outcome["error"] = _text(raw, "error", optional=True)
+        return outcome
+
+    def _snapshot(self, raw: Any, backend: str) -> Snapshot:
+        if not isinstance(raw, dict):
+            raise TypeError("snapshot is not an object")
+        if self._backend(raw["backend"]) != backend:
+            raise ValueError(f"the snapshot is of backend {raw['backend']!r}, the change of {backend!r}")
+        return Snapshot(backend, raw.get("data"))  # the driver checks the data against its own objects
+
+    def _state(self, raw: Any) -> InstalledState | None:
+        state = state_from_json(raw)
+        if state is not None:
+            self._backend(state.backend)
+        return state
 
 
 def spawn_rollback_timer(state_dir: Path, token: str) -> int:
@@ -288,16 +522,16 @@ def spawn_rollback_timer(state_dir: Path, token: str) -> int:
     Returns only once the timer has written its pid file, i.e. it imported, read the pending file and is
     waiting: an apply is never sent with a safety net that died on start.
     """
-    argv = [sys.executable, "-m", "dockerguard", "_rollback-timer", "--state-dir", str(state_dir), token]
+    argv = [sys.executable, "-m", "dockerguard", "_rollback-timer", "--state-dir", str(state_dir), check_token(token)]
     try:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd="/")
     except OSError as exc:
         raise StateError(f"cannot start the rollback timer: {exc}") from None
     _TIMERS.append(process)  # keep a reference: no "still running" warning when the CLI exits first
-    ready = StateDir(state_dir).timer_pid_path(token)
+    state = StateDir(state_dir)
     deadline = time.monotonic() + TIMER_START_TIMEOUT
-    while not ready.exists():
+    while not state.timer_started(token):
         status = process.poll()
         if status == 0:
             break  # it found nothing pending (confirmed already) and left
@@ -322,12 +556,21 @@ def state_to_json(state: InstalledState | None) -> dict[str, Any] | None:
             "sets": [[name, list(elements)] for name, elements in state.sets]}
 
 
-def state_from_json(raw: dict[str, Any] | None) -> InstalledState | None:
+def state_from_json(raw: Any) -> InstalledState | None:
+    """An InstalledState (compared with read-backs, never installed); ValueError/TypeError when malformed."""
     if raw is None:
         return None
-    return InstalledState(str(raw["backend"]), tuple(raw["hooks"]),
-                          tuple(InstalledRule(chain, description) for chain, description in raw["rules"]),
-                          tuple((name, tuple(elements)) for name, elements in raw.get("sets", [])))
+    if not isinstance(raw, dict):
+        raise TypeError("previous state is not an object")
+    rules = _list(raw, "rules")
+    sets = raw.get("sets", [])
+    if not isinstance(sets, list):
+        raise TypeError("sets is not a list")
+    return InstalledState(
+        str(_text(raw, "backend")), tuple(_strings(_list(raw, "hooks"), "hooks")),
+        tuple(InstalledRule(*_strings(pair, "rule", 2)) for pair in rules),
+        tuple((_strings([pair[0]], "set")[0], tuple(_strings(pair[1], "set elements")))
+              for pair in sets if _pair(pair, "set")))
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
@@ -338,61 +581,89 @@ def snapshot_from_json(raw: dict[str, Any]) -> Snapshot:
     return Snapshot(str(raw["backend"]), raw["data"])
 
 
-def _pending_from_json(raw: dict[str, Any]) -> PendingRecord:
-    try:
-        pending = Pending(str(raw["token"]), str(raw["backend"]), float(raw["created"]),
-                          float(raw["deadline"]), int(raw["entry"]), str(raw["policy_digest"]),
-                          str(raw.get("boot_id", "")))
-        return PendingRecord(pending, snapshot_from_json(raw["snapshot"]), state_from_json(raw.get("previous")))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"damaged pending confirmation file ({exc!r})") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise StateError(f"{path} is damaged: {exc}") from None
-    if not isinstance(data, dict):
-        raise StateError(f"{path} is damaged: not a JSON object")
-    return data
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=1))
-
-
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file (0600), fsync, rename over `path`, fsync the directory: a reader sees the
-    old content or the new, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write `text` to `path` in a checked directory: a 0600 temporary file, fsync, rename, fsync the
+    directory; a reader sees the old content or the new, never a part."""
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise StateError(f"cannot write {path}: {exc.strerror}") from None
-    _fsync_dir(path.parent)
+        with safefs.opened_dir(path.parent) as fd:
+            safefs.write_file(fd, path.name, text.encode(), str(path))
+    except FileNotFoundError:
+        raise StateError(f"cannot write {path}: its directory does not exist") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _write_json(directory: int, path: Path, data: dict[str, Any]) -> None:
+    safefs.write_file(directory, path.name, json.dumps(data, indent=1).encode(), str(path))
+
+
+# -- field validation: a planted or damaged file is refused, never half-trusted ---------------------------
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number dockerguard writes")
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing"
+    return str(exc) or type(exc).__name__
+
+
+def _text(raw: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None, *,
+          optional: bool = False) -> str | None:
+    value = raw.get(key) if optional else raw[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise TypeError(f"{key} is not a string")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ValueError(f"{key} {value!r:.40} is not of the form dockerguard writes")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):  # it is shown on terminals
+        raise ValueError(f"{key} holds control characters")
+    return value
+
+
+def _float(raw: dict[str, Any], key: str) -> float:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key} is not a time")
+    return float(value)
+
+
+def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} is not a number from {low} to {high}")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str) -> bool:
+    value = raw[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} is not true or false")
+    return value
+
+
+def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = raw[key]
+    if value not in choices:
+        raise ValueError(f"{key} {value!r:.40} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _list(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key} is not a list")
+    return value
+
+
+def _strings(values: Any, what: str, count: int | None = None) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise TypeError(f"{what} is not a list of strings")
+    if count is not None and len(values) != count:
+        raise ValueError(f"{what} does not have {count} parts")
+    return values
+
+
+def _pair(value: Any, what: str) -> bool:
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"{what} is not a pair")
+    return True

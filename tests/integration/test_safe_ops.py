@@ -5,7 +5,11 @@
 - `apply --confirm` without an answer restores the old ruleset at the deadline even when the CLI and its
   whole process group are SIGKILLed right after applying (the detached timer does it);
 - `confirm` in time keeps the new ruleset; `rollback` walks the history back;
-- the exported nft text file builds exactly the table the JSON transaction builds.
+- the exported nft text file builds exactly the table the JSON transaction builds;
+- two applies with different state directories in one namespace wait for each other (the ruleset lock),
+  end with exactly one of the policies installed, and the other's next apply repairs it;
+- a state directory others can write is refused, and planted snapshots (another nft table, an iptables
+  INPUT accept) never reach the kernel; `remove` still removes when the state directory is unusable.
 
 Everything runs through `ip netns exec NS python -m dockerguard ...` with a per-test state directory;
 the root namespace's firewall is never touched. Needs root (skipped without, failed under CI).
@@ -325,3 +329,124 @@ def test_exported_nft_text_builds_the_same_table_as_the_json_transaction(
     assert by_text.listing() == by_json.listing()
     # and the driver sees its own ruleset in the text-loaded table
     assert by_text.cli("diff", "-c", policy, "--backend", "nft").stdout == ""
+
+
+# -- the state directory and the locks under attack (tests/unit/test_state_security.py has the rest) ----
+def reference_listing(make_netns: Callable[[], Netns], text: str) -> str:
+    """What applying `text` alone, in a namespace of its own, installs."""
+    other = make_netns()
+    other.cli("apply", "-c", other.policy(text, f"ref-{other.name}"), "--backend", "nft")
+    listing = other.listing()
+    assert listing is not None
+    return listing
+
+
+def test_applies_with_different_state_dirs_in_one_namespace_are_serialised(
+        ns: Netns, make_netns: Callable[[], Netns]) -> None:
+    references = {"a": reference_listing(make_netns, POLICY_A), "b": reference_listing(make_netns, POLICY_B)}
+    policies = {"a": ns.policy(POLICY_A, "a"), "b": ns.policy(POLICY_B, "b")}
+    # Someone holds this namespace's ruleset lock: both applies must wait for it, then for each other.
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c",
+         "import sys\nfrom dockerguard.locking import ruleset_lock\n"
+         "with ruleset_lock('dockerguard test-holder', 5):\n    print('held', flush=True)\n    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        applies = {name: subprocess.Popen(ns.argv("apply", "-c", policies[name], "--backend", "nft",
+                                                  "--state-dir", str(ns.tmp / f"state-{name}")),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ns.env)
+                   for name in policies}
+        waiting = {name: b"" for name in applies}
+        notice = f"waiting for the lock held by pid {holder.pid} (dockerguard test-holder, since ".encode()
+        started = time.monotonic()
+        while not all(notice in b" ".join(text.split()) for text in waiting.values()):
+            assert time.monotonic() - started < 30, f"no waiting notice: {waiting}"
+            streams = {proc.stderr: name for name, proc in applies.items() if proc.stderr is not None}
+            for stream in select.select(list(streams), [], [], 1)[0]:
+                waiting[streams[stream]] += os.read(stream.fileno(), 4096)
+        assert ns.listing() is None  # nobody went past the lock
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.write("\n")
+            holder.stdin.close()
+        holder.wait(timeout=10)
+    outputs = {name: proc.communicate(timeout=60) for name, proc in applies.items()}
+    for name, proc in applies.items():
+        out, err = outputs[name]
+        assert proc.returncode == 0, f"{name}: {out!r}{waiting[name] + err!r}"
+        assert b"applied ruleset" in out
+    final = ns.listing()
+    (last,) = [name for name, listing in references.items() if listing == final]  # exactly one of them
+    first = "a" if last == "b" else "b"
+    # The one that ran second recorded what the kernel holds; the first one's record is stale and its
+    # next apply repairs the kernel instead of trusting it.
+    again = ns.cli("apply", "-c", policies[last], "--backend", "nft", "--state-dir", str(ns.tmp / f"state-{last}"))
+    assert "nothing changed" in again.stdout
+    repaired = ns.cli("apply", "-c", policies[first], "--backend", "nft", "--state-dir", str(ns.tmp / f"state-{first}"))
+    assert "applied ruleset" in repaired.stdout and ns.listing() == references[first]
+
+
+PWNED_TABLE = [{"chain": {"family": "inet", "table": "pwned", "name": "input", "type": "filter", "hook": "input",
+                          "prio": -500, "policy": "accept"}}]
+
+
+def plant(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_a_planted_state_dir_never_reaches_the_kernel(ns: Netns) -> None:
+    state = ns.tmp / "shared-state"
+    state.mkdir()
+    state.chmod(0o777)  # anyone could have put files here
+    token = "0123456789abcdef"
+    now = time.time()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    plant(state / "pending" / f"{token}.json", {
+        "format": 1, "token": token, "backend": "nft", "created": now - 100, "deadline": now - 60, "entry": 1,
+        "policy_digest": "abcdef012345", "boot_id": boot, "snapshot": {"backend": "nft", "data": PWNED_TABLE},
+        "previous": None})
+    ns.env["DOCKERGUARD_STATE_DIR"] = str(state)
+    refused = ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"unusable state directory {state}: {state} is writable by its group and others" in " ".join(
+        refused.stderr.split())
+    assert ns.run("nft", "list", "tables").stdout == ""
+    # The admin tightens it; the planted (overdue) confirmation is still there and names another table.
+    state.chmod(0o700)
+    (state / "pending").chmod(0o700)
+    (state / "pending" / f"{token}.json").chmod(0o600)
+    applied = ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
+    assert "names table inet pwned, not inet dockerguard: refusing to restore it" in " ".join(applied.stderr.split())
+    assert ns.run("nft", "list", "tables").stdout.split() == ["table", "inet", "dockerguard"]
+
+
+def test_a_planted_iptables_snapshot_is_refused(ns: Netns) -> None:
+    state = ns.state_dir
+    state.mkdir(mode=0o700)
+    layout = {"user_chain": True, "managed": [["INPUT", 1, "-j ACCEPT"], ["FORWARD", 1, "-j DOCKER-USER"]],
+              "chains": [], "foreign_user_rules": 0, "sets": []}
+    plant(state / "history" / "0001.json", {
+        "format": 1, "number": 1, "backend": "iptables-nft", "timestamp": time.time(), "action": "apply",
+        "policy_digest": None, "policy_path": None, "previous": None,
+        "snapshot": {"backend": "iptables-nft", "data": {"ipv4": layout, "ipv6": layout}}})
+    (state / "history").chmod(0o700)
+    (state / "history" / "0001.json").chmod(0o600)
+    refused = ns.cli("rollback", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "is not a jump to one of our chains" in refused.stderr and "0001.json" in refused.stderr
+    saved = ns.run("iptables-nft-save").stdout
+    assert "-j ACCEPT" not in saved
+
+
+def test_remove_with_an_unusable_state_dir_still_removes(ns: Netns) -> None:
+    ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
+    assert ns.listing() is not None
+    ns.state_dir.chmod(0o777)
+    removed = ns.cli("remove", "--backend", "nft")
+    assert "removed dockerguard rules (nft)" in removed.stdout
+    assert "warning: removing without recording it" in removed.stderr and str(ns.state_dir) in removed.stderr
+    assert ns.listing() is None
+    ns.state_dir.chmod(0o700)
+    assert sorted(p.name for p in (ns.state_dir / "history").iterdir()) == ["0001.json"]  # nothing recorded

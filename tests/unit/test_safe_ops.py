@@ -73,7 +73,7 @@ def test_unwritable_state_dir_is_a_clear_error_and_nothing_is_applied(tmp_path: 
     blocker = tmp_path / "file"
     blocker.write_text("")
     fake = FakeBackend()
-    with pytest.raises(StateError, match="cannot create state directory"):
+    with pytest.raises(StateError, match=f"unusable state directory {blocker / 'state'}: .*not a directory"):
         Engine(fake, state_dir=blocker / "state").apply(POLICY)
     assert fake.kernel is None
 

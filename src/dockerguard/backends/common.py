@@ -1,11 +1,20 @@
 """What every driver shares: the names of our objects in the kernel, and the runner for external tools.
 
+External tools (nft, iptables-*-restore, ipset, ss, ...) are found here and nowhere else (`find_tool`):
+as root, only in a fixed search path of directories only root can write, never in the current directory
+or wherever $PATH points, so that whoever can influence root's environment or working directory cannot
+run their own `iptables-nft-restore` with root's rights.
+
 Chain names are given per `Role` (model), so a renderer asks for "the forward chain" the same way in
 every driver, and tests and tools find our objects by importing these names instead of spelling them.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 
@@ -43,6 +52,38 @@ ROLE_TRAFFIC = {Role.FORWARD: "forwarded traffic entering", Role.INPUT: "host tr
                 Role.EGRESS: "containers' traffic leaving"}
 
 TOOL_TIMEOUT = 30.0
+SAFE_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# Searched too when root owns them (and /usr/local) and nobody else can write them.
+LOCAL_PATH = ("/usr/local/sbin", "/usr/local/bin")
+
+
+def tool_search_path() -> str:
+    """Where tools are looked for: as root, SAFE_PATH and the trustworthy LOCAL_PATH directories; for
+    another user (who cannot change the ruleset anyway), $PATH without relative entries (which name
+    directories relative to wherever the process happens to run)."""
+    if os.geteuid() != 0:
+        entries = [entry for entry in os.environ.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(entry)]
+        return os.pathsep.join(entries)
+    return os.pathsep.join([*SAFE_PATH, *(entry for entry in LOCAL_PATH if _root_only(entry))])
+
+
+def _root_only(directory: str) -> bool:
+    for path in (directory, os.path.dirname(directory)):
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
+
+
+def find_tool(name: str) -> str | None:
+    """The absolute path of tool `name` in `tool_search_path()`, or None."""
+    if os.sep in name:  # an explicit path is taken as given, if absolute
+        return name if os.path.isabs(name) and os.access(name, os.X_OK) else None
+    found = shutil.which(name, path=tool_search_path())
+    return os.path.abspath(found) if found else None
 
 
 def iptables_binary(flavour: str, family: Family, suffix: str = "") -> str:
@@ -52,8 +93,16 @@ def iptables_binary(flavour: str, family: Family, suffix: str = "") -> str:
 
 def run_tool(argv: Sequence[str], input: str | None = None,
              timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run a firewall tool, capturing its output; never raises for a non-zero exit."""
-    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run a firewall tool (found by `find_tool`), capturing its output; never raises for a non-zero exit.
+    FileNotFoundError when the tool is not in the search path."""
+    command = list(argv)
+    path = find_tool(command[0])
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, f"{command[0]} not found in {tool_search_path() or 'an empty PATH'}",
+                                command[0])
+    # argv[0] stays the name: multi-call binaries (xtables-nft-multi) dispatch on it.
+    return subprocess.run(command, executable=path, input=input, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def tool_complaint(proc: subprocess.CompletedProcess[str]) -> str:

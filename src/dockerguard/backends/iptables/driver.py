@@ -8,7 +8,6 @@ family's transaction is sent (`_send`) and how concurrent writers are kept out (
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from ...errors import StateError, TransactionError
 from ...model import Family, Ruleset
 from ...net import Network
 from ..base import Backend, Ban, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
-from ..common import iptables_binary, run_tool, tool_complaint
+from ..common import find_tool, iptables_binary, run_tool, tool_complaint
 from . import ipsets, rules
 from .rules import Layout
 
@@ -104,7 +103,7 @@ class IptablesDriver(Backend):
     @staticmethod
     def ipsets_usable() -> bool:
         """Large source groups become ipsets when the `ipset` tool is here (probe says whether)."""
-        return shutil.which("ipset") is not None
+        return find_tool("ipset") is not None
 
     def _use_ipsets(self) -> bool:
         return self.live and self.ipsets_usable()
@@ -273,7 +272,8 @@ class IptablesDriver(Backend):
 
     def restore(self, snapshot: Snapshot) -> None:
         errors: list[str] = []
-        wanted = {family: Layout.from_json(snapshot.data[rules.family_label(family)]) for family in Family}
+        data = snapshot.data if isinstance(snapshot.data, dict) else {}  # from_json refuses what is missing
+        wanted = {family: Layout.from_json(data.get(rules.family_label(family))) for family in Family}
         with self._lock(wanted.values()):
             before = self._layouts()
             self._create_sets(before, wanted)
@@ -363,7 +363,7 @@ def _path_findings(label: str, layout: Layout, other: str, other_table: rules.Fi
 
 def ipset_detail() -> tuple[str, str]:
     """The probe's word on ipsets."""
-    if shutil.which("ipset") is None:
+    if find_tool("ipset") is None:
         return "ipsets", "no: install ipset (without it a large source list costs one rule per source)"
     proc = run_tool(["ipset", "list", "-n"])
     if proc.returncode != 0:
@@ -374,7 +374,7 @@ def ipset_detail() -> tuple[str, str]:
 def probe_binaries(cls: type[IptablesDriver], tools: Sequence[str]) -> ProbeResult | None:
     """The common probe steps; None when they all pass. `tools` are the binary suffixes needed."""
     missing = [cls.binary(family, suffix) for family in Family for suffix in tools
-               if shutil.which(cls.binary(family, suffix)) is None]
+               if find_tool(cls.binary(family, suffix)) is None]
     if missing:
         return ProbeResult(cls.name, False, f"missing {', '.join(missing)} (install the iptables package)")
     try:

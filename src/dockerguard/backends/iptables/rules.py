@@ -27,10 +27,12 @@ to what we render and to what `iptables-save` prints, so read-back compares like
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import StateError
 from ...model import (
     AllowRule,
     Allows,
@@ -503,13 +505,105 @@ class Layout:
                 "sets": [[name, list(members)] for name, members in self.sets]}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Layout:
-        return cls(bool(data["user_chain"]),
-                   tuple((str(chain), int(position), str(spec)) for chain, position, spec in data["managed"]),
-                   tuple((str(name), tuple(str(spec) for spec in specs)) for name, specs in data["chains"]),
-                   int(data.get("foreign_user_rules", 0)),
-                   tuple((str(name), tuple(str(member) for member in members))
-                         for name, members in data.get("sets", [])))
+    def from_json(cls, data: Any) -> Layout:
+        """A snapshot's layout. It comes from the state directory, so it is data: only our chains (with
+        our targets), jumps to them from DOCKER-USER/FORWARD/INPUT, Docker's FORWARD jump and our ipsets
+        pass, and nothing that would be restore syntax (a newline, another command); else StateError."""
+        try:
+            return _checked_layout(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"{exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise StateError(f"the iptables snapshot is not one dockerguard writes ({problem}): "
+                             "refusing to restore it") from None
+
+
+_ENTRY_CHAINS = frozenset({USER_CHAIN, FORWARD_CHAIN, INPUT_CHAIN})  # where our jumps sit
+_OUR_TARGETS = frozenset({"RETURN", "DROP", "REJECT", "LOG", *OUR_CHAINS})  # what our chains' rules do
+# Would start another command in an iptables-restore line (or change tables).
+_COMMANDS = frozenset({"-A", "--append", "-I", "--insert", "-D", "--delete", "-R", "--replace", "-N", "--new-chain",
+                       "-X", "--delete-chain", "-F", "--flush", "-P", "--policy", "-E", "--rename-chain", "-Z",
+                       "--zero", "-L", "--list", "-S", "--list-rules", "-t", "--table"})
+_SET_NAME = re.compile(re.escape(ipsets.PREFIX) + r"[A-Za-z0-9_]{1,19}")  # ipset names hold 31 characters
+_MAX_POSITION = 100_000
+
+
+def _checked_layout(data: Any) -> Layout:
+    if not isinstance(data, Mapping):
+        raise TypeError("a family's layout is not an object")
+    user_chain = data["user_chain"]
+    if not isinstance(user_chain, bool):
+        raise TypeError("user_chain is not true or false")
+    managed = []
+    for item in _json_list(data["managed"], "managed"):
+        chain, position, spec = _json_list(item, "a managed rule", 3)
+        if chain not in _ENTRY_CHAINS:
+            raise ValueError(f"a jump sits in chain {chain!r:.40}, not in {', '.join(sorted(_ENTRY_CHAINS))}")
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 < position <= _MAX_POSITION:
+            raise ValueError(f"rule position {position!r:.20} is out of range")
+        target = _checked_spec(spec)
+        if not (chain == FORWARD_CHAIN and spec == FORWARD_JUMP) and target not in OUR_CHAINS:
+            raise ValueError(f"the {chain} rule {spec!r:.80} is not a jump to one of our chains")
+        managed.append((chain, position, spec))
+    chains = []
+    for item in _json_list(data["chains"], "chains"):
+        name, specs = _json_list(item, "a chain", 2)
+        if name not in OUR_CHAINS or name in dict(chains):
+            raise ValueError(f"chain {name!r:.40} is not one of ours ({', '.join(OUR_CHAINS)}) or is repeated")
+        for spec in _json_list(specs, f"{name}'s rules"):
+            if _checked_spec(spec) not in _OUR_TARGETS:
+                raise ValueError(f"the {name} rule {spec!r:.80} has a target our chains never use")
+        chains.append((name, tuple(specs)))
+    foreign = data.get("foreign_user_rules", 0)
+    if isinstance(foreign, bool) or not isinstance(foreign, int) or not 0 <= foreign <= _MAX_POSITION:
+        raise ValueError("foreign_user_rules is not a count")
+    sets = []
+    for item in _json_list(data.get("sets", []), "sets"):
+        name, members = _json_list(item, "a set", 2)
+        if not isinstance(name, str) or not _SET_NAME.fullmatch(name):
+            raise ValueError(f"ipset {name!r:.40} is not named like ours ({ipsets.PREFIX}...)")
+        for member in _json_list(members, f"{name}'s members"):
+            if not _is_network(member):
+                raise ValueError(f"{name} member {member!r:.60} is not a network")
+        sets.append((name, tuple(members)))
+    return Layout(user_chain, tuple(managed), tuple(chains), foreign, tuple(sets))
+
+
+def _is_network(member: Any) -> bool:
+    """Written as ipset members are (`ipsets.members`): an address with its prefix length."""
+    try:
+        return isinstance(member, str) and str(network_of(member)) == member
+    except (AddressError, ValueError):
+        return False
+
+
+def _json_list(value: Any, what: str, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise TypeError(f"{what} is not a list" + (f" of {length}" if length is not None else ""))
+    return value
+
+
+def _checked_spec(spec: Any) -> str | None:
+    """A rule spec that is one rule and nothing more; returns its jump (or goto) target."""
+    if not isinstance(spec, str) or not spec or len(spec) > 8192:
+        raise TypeError("a rule spec is not a string")
+    if any(ord(char) < 32 or ord(char) == 127 for char in spec):
+        raise ValueError(f"the rule spec {spec!r:.80} holds a line break or another control character")
+    tokens = tokenize(spec)
+    targets = []
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token in _STRING_OPTIONS:  # a comment may say anything
+            index += 2
+            continue
+        if token in _COMMANDS:
+            raise ValueError(f"the rule spec {spec!r:.80} holds the command {token}")
+        if token in ("-j", "--jump", "-g", "--goto"):
+            targets.append(tokens[index + 1] if index + 1 < len(tokens) else "")
+        index += 1
+    if len(targets) != 1:
+        raise ValueError(f"the rule spec {spec!r:.80} does not have exactly one target")
+    return targets[0]
 
 
 # What render() assumes when it cannot read the live table (no root): a Docker host where nothing of
