@@ -396,7 +396,7 @@ def backends(
         return
     table = _table("backend", "available", "details")
     for probe in probes:
-        facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key == "ipsets")
+        facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key in ("commit", "ipsets"))
         table.add_row(probe.backend, "yes" if probe.available else _text("no", style="red"), probe.reason + facts)
     out.print(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
