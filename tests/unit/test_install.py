@@ -372,7 +372,8 @@ def verify(units: Sequence[Path], man_dir: Path | None = None) -> subprocess.Com
 def test_installed_units_verify(dg: Run, root: Path) -> None:
     assert dg("install", "--root", str(root)).code == 0
     units = [installed(root, f"/etc/systemd/system/{name}") for name in export.UNITS]
-    proc = verify(units, man_dir=installed(root, "/usr/local/share/man"))
+    # Documentation=man:dockerguard(8) is checked with `man` against the installed page, where man exists
+    proc = verify(units, man_dir=installed(root, "/usr/local/share/man") if shutil.which("man") else None)
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr + proc.stdout
 
 

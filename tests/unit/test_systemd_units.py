@@ -130,3 +130,17 @@ def test_safe_text_accepts_ordinary_unicode_and_punctuation() -> None:
     assert export.safe_text("/srv/réseau/pare-feu 1 (100%) $x 'a' \"b\".toml", "p")
     with pytest.raises(UsageError, match="RIGHT-TO-LEFT OVERRIDE"):
         export.safe_text("/a\u202eb", "policy path")
+
+
+def test_the_readme_nft_unit_verifies(tmp_path: Path) -> None:
+    """The README's unit for loading the exported nft file without nftables.service's `flush ruleset`."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    text = "\n".join(line.strip() for line in block.splitlines()) + "\n"
+    assert text.startswith("# /etc/systemd/system/dockerguard-nft.service")
+    assert "Before=network-pre.target docker.service shutdown.target" in text and "flush" not in text
+    need(os.path.exists("/usr/sbin/nft"), "nft missing (apt-get install nftables)")
+    unit = tmp_path / "dockerguard-nft.service"
+    unit.write_text(text)
+    proc = verify([unit])
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
