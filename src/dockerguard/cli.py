@@ -442,8 +442,8 @@ def export(
     family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),
     watch: bool = typer.Option(False, "--watch", help="systemd: a service running `dockerguard watch`."),
 ) -> None:
-    """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that
-    re-applies the policy at boot."""
+    """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that applies
+    the policy at boot before Docker starts (--watch: the unit running `dockerguard watch`)."""
     from .export import FORMATS, export_text
 
     if fmt not in FORMATS:
@@ -535,7 +535,12 @@ def uninstall_command(
 
     def remove_rules() -> str:
         engine = _engine(backend or _installed_backend(manifest))
-        removed = engine.remove()
+        try:
+            removed = engine.remove()
+        except DockerguardError:
+            print("uninstall stopped before deleting any file (the units are stopped): fix the cause and run it "
+                  "again, or pass --keep-rules to leave the rules in place", file=sys.stderr)
+            raise
         name = engine.backend()[0].name
         return f"removed the rules ({name})" if removed else f"no rules installed ({name})"
 
