@@ -39,23 +39,29 @@ def has_net_admin() -> bool:
 @contextlib.contextmanager
 def privilege_noise_filtered(*, always: bool = False) -> Iterator[None]:
     """Drop the libraries' "(you must be root)" lines written to fd 2 during the block. Only done without
-    CAP_NET_ADMIN (the only case they occur), unless `always`: with it, a root process's fd 2 is never
-    redirected, so `dockerguard watch`'s log lines are not even delayed."""
+    CAP_NET_ADMIN (the only case they occur), so a root process's fd 2 (`dockerguard watch`'s log) is
+    never redirected; `always` redirects anyway (for the one-time `import iptc`)."""
     if not always and has_net_admin():
         yield
         return
-    try:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # sys.stderr may be None or closed
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no fd 2 at all (closed by the caller): nothing to protect
+    try:
+        capture = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the `with capture` below)
+    except OSError:  # no room for it: let the noise through rather than fail the caller
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    with capture:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all (closed by the caller): nothing to protect
+            yield
+            return
         os.dup2(capture.fileno(), 2)
         try:
             yield
         finally:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
                 sys.stderr.flush()  # Python-level writes made during the block belong to the capture
             os.dup2(saved, 2)
             os.close(saved)
