@@ -6,12 +6,13 @@
 #
 #   provision.sh packages [FAMILY]   print the distro packages, one per line
 #                                    (FAMILY: debian ubuntu rhel alpine; default: this machine)
-#   provision.sh install             install missing packages, make the venv, pip install -e .[test]
+#   provision.sh install             install missing packages, make the venv, pip install -e .[test,libiptc]
 #   provision.sh test                run unit + integration tests as root; exit code propagated
 #   provision.sh info                print kernel/userland versions as KEY=VALUE lines
 #
 # Environment: DG_SRC (project root, default: this script's parent directory),
-# DG_VENV (default /opt/dockerguard-venv), DG_EXTRAS (default test),
+# DG_VENV (default /opt/dockerguard-venv), DG_EXTRAS (default test,libiptc: the boxes test the libiptc
+# commit path too; without libiptc the iptables-legacy driver commits with iptables-legacy-restore),
 # DG_RESULTS (directory for junit XML; unset: none), DG_PYTEST_ARGS (extra pytest arguments),
 # DG_TEST_DIRS (default "tests/unit tests/integration").
 set -eu
@@ -19,7 +20,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 DG_SRC=${DG_SRC:-$(dirname "$here")}
 DG_VENV=${DG_VENV:-/opt/dockerguard-venv}
-DG_EXTRAS=${DG_EXTRAS:-test}
+DG_EXTRAS=${DG_EXTRAS:-test,libiptc}
 DG_TEST_DIRS=${DG_TEST_DIRS:-tests/unit tests/integration}
 
 log() { printf '[provision] %s\n' "$*" >&2; }
@@ -39,7 +40,7 @@ detect_family() {
     echo unknown
 }
 
-# Package lists. gcc + Python headers are needed because python-iptables ships only an sdist
+# Package lists. gcc + Python headers are needed because python-iptables (the libiptc extra) ships only an sdist
 # with a small C extension. kmod: the kernel autoloads nf_* modules through /sbin/modprobe.
 packages() {
     case $1 in
@@ -114,7 +115,11 @@ install_venv() {
     # Build with the venv's setuptools: an isolated build env per package costs minutes
     # under emulation (qemu TCG) and adds nothing on a throw-away test box.
     "$DG_VENV/bin/python" -m pip install -q --no-build-isolation -e "${DG_SRC}[${DG_EXTRAS}]"
-    "$DG_VENV/bin/python" -c 'import dockerguard, nftables, iptc' &&
+    case ",$DG_EXTRAS," in
+        *,libiptc,*) modules="dockerguard, nftables, iptc" ;;
+        *) modules="dockerguard, nftables" ;;
+    esac
+    "$DG_VENV/bin/python" -c "import $modules" &&
         log "dockerguard installed in $DG_VENV"
 }
 

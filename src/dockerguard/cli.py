@@ -454,7 +454,7 @@ def backends(
         return
     table = _table("backend", "available", "details")
     for probe in probes:
-        facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key == "ipsets")
+        facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key in ("commit", "ipsets"))
         table.add_row(probe.backend, "yes" if probe.available else _text("no", style="red"), probe.reason + facts)
     out.print(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
@@ -501,8 +501,8 @@ def export(
     family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),
     watch: bool = typer.Option(False, "--watch", help="systemd: a service running `dockerguard watch`."),
 ) -> None:
-    """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that
-    re-applies the policy at boot."""
+    """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that applies
+    the policy at boot before Docker starts (--watch: the unit running `dockerguard watch`)."""
     from .export import FORMATS, export_text
 
     if fmt not in FORMATS:
@@ -525,6 +525,119 @@ def _entry_point() -> list[str]:
     if found:
         return [os.path.abspath(found)]
     return [sys.executable, "-m", "dockerguard"]
+
+
+RootOption = typer.Option("/", "--root", metavar="DIR",
+                          help="Work under DIR instead of / (a package build, a test): paths inside the files stay "
+                               "the installed system's, and systemctl is left to you.")
+DryRunOption = typer.Option(False, "--dry-run", help="Print what would be done; change nothing.")
+
+
+@app.command("install")
+def install_command(
+    root: str = RootOption,
+    config: str = typer.Option(
+        DEFAULT_POLICY, "--config", "-c",
+        help="The policy the units apply; written from a commented template when no file is there "
+             "(an existing file is never overwritten)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="Write --backend NAME into the units (default: the policy's backend, read "
+                                      "at every start)."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Also install dockerguard-watch.service."),
+    now: bool = typer.Option(False, "--now", help="Start the units too (systemctl enable --now); otherwise they "
+                                                  "start at the next boot."),
+    force: bool = typer.Option(False, "--force", help="Replace files and links in the way that dockerguard did not "
+                                                      "write (never the policy)."),
+    dry_run: bool = DryRunOption,
+) -> None:
+    """Install dockerguard on this host (root): the policy from a template, the systemd units (the rules are
+    applied before Docker starts; the watch keeps them), bash completion, the man page and
+    /usr/local/sbin/dockerguard. Recorded in /var/lib/dockerguard/install-manifest.json for uninstall."""
+    from . import install as setup
+    from .manpage import render
+
+    if backend is not None:
+        check_backend_name(backend)
+    target = setup.Root(root)
+    _need_root(target, dry_run)
+    command = _entry_point()
+    items = setup.install_items(config=config, command=command, backend=backend, watch=watch,
+                                man_page=render(typer.main.get_command(app)), link_target=_link_target(command))
+    policy = setup.check_config_path(config)
+    report = setup.install(target, items, force=force, dry_run=dry_run, now=now,
+                           settings={"policy": policy, "backend": backend})
+    steps = report.next_steps
+    if any(action.verb == "create" and action.path == target.shown(policy) for action in report.actions):
+        steps.insert(0, f"edit {policy} (a template), then: dockerguard check {policy} && dockerguard diff -c {policy}")
+    if target.systemd_running() and not now:
+        steps.append(f"systemctl start {' '.join(setup.units_in(items))}  (enabled: they start at every boot)")
+    _print_report(target, report, dry_run)
+
+
+@app.command("uninstall")
+def uninstall_command(
+    root: str = RootOption,
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="Remove the rules of this backend (default: the one install wrote into the "
+                                      "units, else the policy's)."),
+    keep_rules: bool = typer.Option(False, "--keep-rules", help="Leave the rules in the kernel."),
+    dry_run: bool = DryRunOption,
+) -> None:
+    """Undo `dockerguard install` (root): stop and disable the units, remove the rules (`dockerguard remove`),
+    and delete each file, link and directory install created while it is still as install left it; an
+    edited policy stays."""
+    from . import install as setup
+
+    target = setup.Root(root)
+    _need_root(target, dry_run)
+    manifest = setup.read_manifest(target) or {}
+
+    def remove_rules() -> str:
+        engine = _engine(backend or _installed_backend(manifest))
+        try:
+            removed = engine.remove()
+        except DockerguardError:
+            print("uninstall stopped before deleting any file (the units are stopped): fix the cause and run it "
+                  "again, or pass --keep-rules to leave the rules in place", file=sys.stderr)
+            raise
+        name = engine.backend()[0].name
+        return f"removed the rules ({name})" if removed else f"no rules installed ({name})"
+
+    report = setup.uninstall(target, dry_run=dry_run, keep_rules=keep_rules,
+                             remove_rules=remove_rules if target.is_system else None)
+    _print_report(target, report, dry_run)
+
+
+def _need_root(target: Any, dry_run: bool) -> None:
+    if target.is_system and not dry_run and os.geteuid() != 0:
+        raise UsageError("this writes to /etc, /usr and /var: run it as root (or try --dry-run, or --root DIR)")
+
+
+def _link_target(command: list[str]) -> Optional[str]:
+    """What /usr/local/sbin/dockerguard should point at: the script running now (None for `python -m`)."""
+    return os.path.realpath(command[0]) if len(command) == 1 else None
+
+
+def _installed_backend(manifest: dict[str, Any]) -> Optional[str]:
+    """The backend install wrote into the units, else the installed policy's (when it still loads)."""
+    if manifest.get("backend"):
+        return str(manifest["backend"])
+    try:
+        chosen = load_policy(str(manifest.get("policy") or DEFAULT_POLICY)).backend
+    except DockerguardError:
+        return None  # auto
+    return None if chosen == "auto" else chosen
+
+
+def _print_report(target: Any, report: Any, dry_run: bool) -> None:
+    if not target.is_system:
+        print(f"under {target.path} (paths inside the files are the installed system's):")
+    for action in report.actions:
+        print(action.line(dry_run))
+    if report.next_steps:
+        print("next steps:")
+        for step in report.next_steps:
+            print(f"  {step}")
 
 
 @app.command("_rollback-timer", hidden=True)

@@ -29,6 +29,7 @@ from .backends.common import find_tool, iptables_binary, run_tool
 from .docker import DockerClient
 from .errors import DetectionError, DockerUnavailable
 from .model import Family
+from .stderr_noise import privilege_noise_filtered
 
 FLAVOURS = ("iptables-legacy", "iptables-nft")
 _TIMEOUT = 15
@@ -220,7 +221,8 @@ def _docker_bridges_libnftables() -> tuple[str, ...] | None:
     try:
         import nftables
 
-        rc, output, _ = nftables.Nftables().cmd("list tables")
+        with privilege_noise_filtered():
+            rc, output, _ = nftables.Nftables().cmd("list tables")
     except Exception:  # module or libnftables missing: nothing to learn here
         return None
     return _bridge_tables(output or "") if rc == 0 else None

@@ -202,8 +202,9 @@ def test_export_systemd_unit(tmp_path: Path) -> None:
     result = subprocess_run("export", "--format", "systemd", "-c", str(policy))
     assert result.returncode == 0, result.stderr
     unit = result.stdout
-    for line in ("After=docker.service", "Wants=docker.service", "Type=oneshot", "RemainAfterExit=yes",
-                 "WantedBy=multi-user.target"):
+    # before Docker publishes anything (closed by default); the rules stay when the unit stops
+    for line in ("Before=network-pre.target docker.service shutdown.target", "Type=oneshot", "RemainAfterExit=yes",
+                 "WantedBy=multi-user.target docker.service"):
         assert f"\n{line}\n" in unit
     (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     # `python -m dockerguard` names no script: the unit runs the dockerguard on PATH, else `python -m`
@@ -211,7 +212,8 @@ def test_export_systemd_unit(tmp_path: Path) -> None:
     command = os.path.abspath(on_path) if on_path else f"{sys.executable} -m dockerguard"
     assert start.startswith(f"ExecStart={command} apply -c ")
     assert '"' + str(policy).replace("%", "%%") + '"' in start and start.endswith("--backend nft")
-    assert "ExecStop=" in unit and " remove --backend nft" in unit
+    settings = [line for line in unit.splitlines() if not line.startswith("#")]
+    assert not [line for line in settings if line.startswith("ExecStop") or " remove" in line]
 
 
 def test_export_unknown_format_exits_2() -> None:

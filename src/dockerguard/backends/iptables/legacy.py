@@ -5,8 +5,14 @@ The transaction is the same iptables-restore text the iptables-nft driver sends 
 replaces the whole table in one setsockopt, so each family changes atomically. The live table is read
 with iptables-legacy-save, so read-back shares the iptables-nft driver's normaliser.
 
+python-iptables is optional (the `libiptc` extra: it ships only an sdist with a C extension, so installing
+it needs a compiler). Without it, or when it cannot build our rule forms, the same text is committed with
+iptables-legacy-restore, one transaction per family; `probe` (so `dockerguard backends`) says which path
+commits and why.
+
 python-iptables gotchas handled here:
-- `import iptc` costs ~0.2 s and runs `modprobe ip_tables`: it is imported only to probe or commit.
+- `import iptc` costs ~0.2 s and runs `modprobe ip_tables`: it is imported only to probe or commit. Loading
+  libxtables/libiptc may complain on fd 2 without root: filtered (stderr_noise), our probe says it better.
 - `iptc.Table`/`Table6` objects are cached process-wide per table name, together with a libiptc handle
   whose socket belongs to the network namespace current when it was opened (and which may hold
   someone else's uncommitted changes): every transaction opens a private, uncached handle instead.
@@ -34,6 +40,7 @@ from typing import Any, ClassVar
 from ...errors import TransactionError
 from ...locking import flock_exclusive
 from ...model import Family
+from ...stderr_noise import privilege_noise_filtered
 from ..base import ProbeResult
 from ..common import run_tool
 from . import rules
@@ -48,9 +55,20 @@ _PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "ipv6-icmp": "58", "i
 
 
 def _iptc() -> Any:
-    import iptc  # lazily: 0.2 s and a modprobe
+    with privilege_noise_filtered(always=True):  # once per process: the module is cached afterwards
+        import iptc  # lazily: 0.2 s and a modprobe
 
     return iptc
+
+
+def _library(iptc: Any) -> str:
+    return f"python-iptables {getattr(getattr(iptc, 'version', None), '__version__', '?')}"
+
+
+def _unloadable(exc: Exception) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "iptc":
+        return "python-iptables is not installed (pip install 'dockerguard[libiptc]' adds it)"
+    return f"python-iptables cannot be loaded ({_message(exc)})"
 
 
 class IptablesLegacyBackend(IptablesDriver):
@@ -63,36 +81,40 @@ class IptablesLegacyBackend(IptablesDriver):
         failed = probe_binaries(cls, ("", "-save"))
         if failed is not None:
             return failed
-        try:
-            iptc = _iptc()
-        except Exception as exc:  # ImportError, or libxtables/libiptc failing to load (OSError, XTablesError)
-            return ProbeResult(cls.name, False, f"python-iptables cannot be loaded ({exc}); "
-                                                "install python-iptables and the iptables libraries")
-        library = f"python-iptables {getattr(getattr(iptc, 'version', None), '__version__', '?')}"
         version = run_tool([cls.binary(Family.IPV4), "--version"]).stdout.strip()
-        details = (("library", library), ("version", version), ipset_detail())
         refusal = cls._python_iptables_refusal()
         if refusal is None:
-            return ProbeResult(cls.name, True, f"{library}, {version}", details)
+            library = _library(_iptc())
+            return ProbeResult(cls.name, True, f"{library}, {version}",
+                               (("library", library), ("version", version),
+                                ("commit", f"libiptc ({library}): one table commit per family"), ipset_detail()))
         if probe_binaries(cls, ("-restore",)) is not None:
-            return ProbeResult(cls.name, False, f"{library} cannot build our rules with {version} ({refusal}) "
-                                                "and iptables-legacy-restore is missing", details)
-        return ProbeResult(cls.name, True, f"{version} through iptables-legacy-restore: {library} cannot build "
-                                           f"our rules with it ({refusal})", (*details, ("commit", "restore")))
+            return ProbeResult(cls.name, False, f"{refusal}, and iptables-legacy-restore is missing",
+                               (("version", version), ipset_detail()))
+        return ProbeResult(cls.name, True, f"{version} through iptables-legacy-restore: {refusal}",
+                           (("version", version),
+                            ("commit", f"iptables-legacy-restore, one transaction per family: {refusal}"),
+                            ipset_detail()))
 
     @classmethod
     def _python_iptables_refusal(cls) -> str | None:
-        """Why python-iptables cannot express the rule forms we send, or None. Its option parsing goes
-        through the installed libxtables, whose extensions change between iptables releases (1.8.13's
-        conntrack match rejects --ctorigdstport through python-iptables). Cached per process."""
+        """Why our rules cannot be committed through python-iptables, or None. It may be missing (an
+        optional extra) or fail to load, and its option parsing goes through the installed libxtables,
+        whose extensions change between iptables releases (1.8.13's conntrack match rejects
+        --ctorigdstport through python-iptables). Cached per process."""
         if cls._refusal is None:
-            iptc = _iptc()
+            try:
+                iptc = _iptc()
+            except Exception as exc:  # ImportError, or libxtables/libiptc failing to load (OSError, XTablesError)
+                cls._refusal = _unloadable(exc)
+                return cls._refusal
             cls._refusal = ""
             for family, spec in _CAPABILITY_RULES:
                 try:
                     _rule(iptc, None, family, spec)
                 except Exception as exc:  # XTablesError, ValueError, ...
-                    cls._refusal = f"{rules.family_label(family)} {spec!r}: {_message(exc)}"
+                    cls._refusal = (f"{_library(iptc)} cannot build our rules with this libxtables "
+                                    f"({rules.family_label(family)} {spec!r}: {_message(exc)})")
                     break
         return cls._refusal or None
 

@@ -11,6 +11,8 @@ import socket
 import struct
 from typing import Any, Protocol
 
+from ...stderr_noise import privilege_noise_filtered
+
 
 class NftClient(Protocol):
     def json_cmd(self, payload: dict[str, Any], *, json_output: bool = False,
@@ -26,7 +28,8 @@ class Libnftables:
 
     def json_cmd(self, payload: dict[str, Any], *, json_output: bool = False,
                  dry_run: bool = False) -> tuple[int, str, str]:
-        rc, output, error = _context(json_output, dry_run).json_cmd(payload)
+        with privilege_noise_filtered():  # without root libnftables also prints "... (you must be root)"
+            rc, output, error = _context(json_output, dry_run).json_cmd(payload)
         # json_cmd returns the decoded output; keep the interface textual like cmd().
         return rc, json.dumps(output) if isinstance(output, dict) else (output or ""), error or ""
 

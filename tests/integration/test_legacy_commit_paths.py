@@ -1,0 +1,83 @@
+"""The iptables-legacy driver's two commit paths against a real kernel, each in a fresh namespace: libiptc
+through python-iptables (the optional `libiptc` extra, which CI installs: without it these fail under
+CI=true), and iptables-legacy-restore when python-iptables is not installed (the default install)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from dockerguard import Engine, parse_policy
+from dockerguard.backends.iptables.legacy import IptablesLegacyBackend
+from dockerguard.sandbox import in_netns
+
+pytestmark = pytest.mark.distro  # both paths, on every distro kernel of the VM matrix
+
+POLICY = parse_policy('external_interfaces = ["eth0"]\n[[allow]]\nports = [443]\nsources = ["192.0.2.7"]\n')
+OUR_JUMP = "-A DOCKER-USER -i eth0 -m comment --comment dockerguard -j DOCKERGUARD"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture
+def netns(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh namespace with the test's thread inside it; the probe's cached verdict forgotten."""
+    monkeypatch.setattr(IptablesLegacyBackend, "_refusal", None)
+    name = f"dgleg{os.getpid()}-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
+    root = os.stat("/proc/thread-self/ns/net").st_ino
+    try:
+        with in_netns(name):
+            assert os.stat("/proc/thread-self/ns/net").st_ino != root  # never the root namespace's firewall
+            yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=10)
+
+
+def saved(family: int = 4) -> list[str]:
+    tool = "iptables-legacy-save" if family == 4 else "ip6tables-legacy-save"
+    return [line for line in subprocess.run([tool], check=True, capture_output=True, text=True, timeout=30
+                                            ).stdout.splitlines() if line.startswith("-A ")]
+
+
+def apply_and_check(expected_commit: str) -> None:
+    probe = IptablesLegacyBackend.probe()
+    assert probe.available, probe.reason
+    assert dict(probe.details)["commit"].startswith(expected_commit), probe.details
+    engine = Engine(IptablesLegacyBackend())
+    assert engine.apply(POLICY).changed
+    for family in (4, 6):  # before Docker: DOCKER-USER and FORWARD's jump created by the driver itself
+        rules = saved(family)
+        assert "-A FORWARD -j DOCKER-USER" in rules and OUR_JUMP in rules
+    assert [rule for rule in saved(4) if rule.startswith("-A DOCKERGUARD -s 192.0.2.7/32 -p tcp -m conntrack "
+                                                          "--ctorigdstport 443 ")]
+    assert not engine.apply(POLICY).changed  # read back equal: nothing sent
+    assert engine.remove()
+    assert OUR_JUMP not in saved(4)
+
+
+def test_with_python_iptables_the_driver_commits_through_libiptc(netns: str) -> None:
+    if importlib.util.find_spec("iptc") is None:
+        message = "python-iptables is not installed: pip install -e '.[test,libiptc]' (the README's second command)"
+        if _in_ci():
+            pytest.fail(message + " (CI is set, so this is an error, not a skip)", pytrace=False)
+        pytest.skip(message)
+    refusal = IptablesLegacyBackend._python_iptables_refusal()
+    if refusal is not None:  # iptables 1.8.13 (Debian forky): the restore path is the right one there
+        pytest.skip(f"this libxtables takes the restore path: {refusal}")
+    apply_and_check("libiptc")
+
+
+def test_without_python_iptables_the_driver_commits_through_restore(netns: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "iptc", None)  # `import iptc` fails as in the default install
+    apply_and_check("iptables-legacy-restore")
+    assert "python-iptables is not installed" in IptablesLegacyBackend.probe().reason
