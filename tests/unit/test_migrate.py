@@ -8,6 +8,14 @@ and ufw-status.txt is `ufw status` on that host. Containers sit at documentation
 
 from __future__ import annotations
 
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -444,3 +452,120 @@ def test_every_import_is_a_valid_policy(text: str, containers: list[ContainerInf
     assert len(result.policy.allow) == len(result.entries)
     for entry, allow in zip(result.entries, result.policy.allow):
         assert isinstance(entry, Entry) and allow.proto == entry.proto
+
+
+# -- the command ----------------------------------------------------------------------------------------
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dockerguard", *args], capture_output=True, text=True,
+                          input=stdin, timeout=60, check=False)
+
+
+def test_cli_prints_the_policy_and_warnings_and_exits_1(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.v4"
+    rules.write_text(CLASSIC)
+    result = run("import", str(rules))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == import_text(CLASSIC, str(rules)).text
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{rules}:8: warning: --dport 443 in DOCKER-USER matches the CONTAINER port")
+    assert lines[0].endswith("; rule: -A DOCKER-USER -i eth0 -p tcp -m tcp --dport 443 -j ACCEPT")
+    assert lines[1].startswith(f"{rules}:9: warning: --dport 8443")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(result.stdout)
+    check = run("check", str(policy))
+    assert check.returncode == 0 and "OK (2 allow entries" in check.stdout
+
+
+def test_cli_exits_0_when_everything_mapped_and_reads_stdin() -> None:
+    result = run("import", "-", stdin=CLEAN)
+    assert result.returncode == 0 and result.stderr == ""
+    assert "# Imported from <stdin> (iptables-save, IPv4)" in result.stdout
+
+
+def test_cli_writes_a_new_file_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    rules, out = tmp_path / "rules.v4", tmp_path / "policy.toml"
+    rules.write_text(CLEAN)
+    first = run("import", str(rules), "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"wrote {out}: 3 allow entries, 0 warnings")
+    assert out.read_text() == import_text(CLEAN, str(rules)).text
+    before = out.stat()
+    again = run("import", str(rules), "-o", str(out))
+    assert again.returncode == 2 and again.stdout == ""
+    assert f"{out} already exists; refusing to overwrite it" in again.stderr
+    assert out.stat().st_mtime_ns == before.st_mtime_ns and out.read_text() == import_text(CLEAN, str(rules)).text
+    dangling = tmp_path / "dangling.toml"
+    os.symlink(tmp_path / "nowhere", dangling)  # a symlink is an existing name too: never written through
+    assert run("import", str(rules), "-o", str(dangling)).returncode == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dockerguard-import-")] == []
+
+
+def test_cli_bad_input_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.v4"
+    rules.write_text("*filter\n-A DOCKER-USER -p tcp --dport 70000 -j ACCEPT\nCOMMIT\n")
+    result = run("import", str(rules))
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: {rules}:2: port 70000 out of range" in result.stderr and "Traceback" not in result.stderr
+    missing = run("import", str(tmp_path / "absent"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert run("import", str(rules), "--format", "pf").returncode == 2
+    assert run("import", str(rules), "--family", "5").returncode == 2
+
+
+class _Docker(BaseHTTPRequestHandler):
+    """Docker's /containers/json for WEB and ADMIN."""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/containers/json"):
+            self.send_error(404)
+            return
+        body = json.dumps([
+            {"Id": "a1", "Names": ["/web"], "Labels": {}, "Ports": [
+                {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]},
+            {"Id": "b2", "Names": ["/admin"], "Labels": {}, "Ports": [
+                {"IP": "0.0.0.0", "PrivatePort": 8443, "PublicPort": 9443, "Type": "tcp"}]},
+        ]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def docker_socket(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "docker.sock")
+    server = _Server(path, _Docker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield path
+    server.shutdown()
+    server.server_close()
+
+
+def test_cli_asks_docker_for_published_ports(tmp_path: Path, docker_socket: str) -> None:
+    status = tmp_path / "ufw-status.txt"
+    status.write_text(sample("ufw-status.txt"))
+    result = run("import", str(status), "--docker-socket", docker_socket)
+    assert result.returncode == 1
+    policy = parse_policy(result.stdout)
+    assert [(str(a.ports[0]) if a.ports else None, a.containers.name if a.containers else None)
+            for a in policy.allow] == [("8080", None), ("9443", None), (None, "FIXME"), (None, "FIXME-192.0.2.4")]
+    assert f'docker_socket = "{docker_socket}"' in result.stdout  # the placeholders resolve through it
+    assert f"{status}:6: warning: ufw matched container 192.0.2.2" in result.stderr
+
+
+def test_cli_goes_on_without_docker_and_says_so(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.v4"
+    rules.write_text(CLEAN)
+    result = run("import", str(rules), "--docker-socket", str(tmp_path / "absent.sock"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{rules}: warning: Docker did not answer (cannot reach Docker at")
+    assert result.stdout == import_text(CLEAN, str(rules)).text
