@@ -576,6 +576,7 @@ class _IptablesImport:
     def __init__(self, job: _Import, save: _SaveFile) -> None:
         self.job = job
         self.save = save
+        self.inlined: set[str] = set()  # chains whose rules were read in place of the jump to them
 
     def run(self) -> None:
         job = self.job
@@ -596,11 +597,13 @@ class _IptablesImport:
             return min(found, key=lambda end: end[0]) if found else None
 
         verdicts: list[_Rule] = []
+        wildcards: set[str] = set()  # "eth+": filtered, but no name for external_interfaces
         for name in named:  # an interface is external when the chain ends in DROP/REJECT for it
             end = end_of(name)
             if end is not None and end[1].target in DENIES:
                 verdicts.append(end[1])
-                job.interface(name, end[1].line, end[1].text)
+                if not job.interface(name, end[1].line, end[1].text):
+                    wildcards.add(name)
         if global_end is not None and global_end[1].target in DENIES:
             verdicts.append(global_end[1])
             assumed = ", ".join(job.interfaces) or DEFAULT_INTERFACE
@@ -636,7 +639,7 @@ class _IptablesImport:
                     job.warn(rule.line, "never reached (an earlier rule ends the chain for its interface): not "
                                         "imported", rule.text)
                 continue
-            if rule.in_iface and rule.in_iface not in job.interfaces:
+            if rule.in_iface and rule.in_iface not in job.interfaces and rule.in_iface not in wildcards:
                 if not rule.is_established:
                     job.warn(rule.line, f"a rule for interface {rule.in_iface}, which these rules do not filter "
                                         "(the chain does not end in DROP/REJECT for it): not imported", rule.text)
@@ -649,11 +652,12 @@ class _IptablesImport:
             self.rule(rule, rules, index, ends)
 
     def inline(self, rules: list[_Rule]) -> list[_Rule]:
-        """`-i eth0 -j LOGDROP` into a chain that only logs and drops is the chain's verdict: its rules take the
-        jump's place. Only plain jumps into plain chains (no RETURN, no further jump, no -i of their own): any
-        other jump is reported instead."""
+        """`-i eth0 -j MYCHAIN` into a chain of plain rules (ACCEPT, RETURN, DROP, REJECT, LOG; no -i, no
+        further jump) is that chain run in place: its rules take the jump's place. A RETURN there goes back to
+        DOCKER-USER after the jump, so it is an allow only when nothing after the jump can refuse the packet;
+        otherwise (and for any other jump) the jump is reported instead."""
         inlined: list[_Rule] = []
-        for rule in rules:
+        for position, rule in enumerate(rules):
             chain = self.save.chains.get(("filter", rule.target or ""))
             plain_jump = (chain is not None and rule.target != USER_CHAIN and not rule.problems
                           and rule.proto is None and rule.other_proto is None and not rule.sources
@@ -663,9 +667,13 @@ class _IptablesImport:
                 inlined.append(rule)
                 continue
             body = [_parse_rule(saved, self.job.filename) for saved in chain]
-            if any(sub.target not in ("ACCEPT", "LOG", *DENIES) or sub.in_iface for sub in body):
+            plain_body = all(sub.target in (*ACCEPTS, "LOG", *DENIES) and not sub.in_iface for sub in body)
+            returns_mean_allow = all(later.target in ACCEPTS or (rule.in_iface and later.in_iface not in (
+                None, rule.in_iface)) for later in rules[position + 1:])
+            if not plain_body or (any(sub.target == "RETURN" for sub in body) and not returns_mean_allow):
                 inlined.append(rule)
                 continue
+            self.inlined.add(rule.target or "")
             for sub in body:
                 sub.in_iface = rule.in_iface
                 sub.comment = sub.comment or rule.comment
@@ -777,7 +785,7 @@ class _IptablesImport:
         """Rules outside DOCKER-USER that touch Docker's traffic are not imported: say which."""
         docker_chains = []
         for (table, chain), rules in self.save.chains.items():
-            if table != "filter" or chain == USER_CHAIN or not rules:
+            if table != "filter" or chain == USER_CHAIN or chain in self.inlined or not rules:
                 continue
             if chain in _DOCKER_CHAINS or chain.startswith("DOCKER-ISOLATION"):
                 docker_chains.append((chain, rules[0]))

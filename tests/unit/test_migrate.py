@@ -30,7 +30,7 @@ SAMPLES = Path(__file__).resolve().parent / "migrate_samples"
 
 
 def save_file(*rules: str, chains: tuple[str, ...] = ()) -> str:
-    """An iptables-save file whose filter table holds these rules (line 7 is the first rule)."""
+    """An iptables-save file whose filter table holds these rules (line 7 is the first one, without `chains`)."""
     declared = "".join(f":{chain} - [0:0]\n" for chain in chains)
     return ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n"
             f"-A FORWARD -j DOCKER-USER\n{declared}" + "".join(rule + "\n" for rule in rules) + "COMMIT\n")
@@ -172,6 +172,41 @@ def test_a_chain_that_only_logs_and_drops_is_the_verdict() -> None:
     ), "rules.v4")
     assert result.default == "drop" and result.log_dropped and result.interfaces == ("eth0",)
     assert list(warnings(result)) == [10]  # the LOG rule's note about the log prefix
+
+
+def test_a_custom_chain_is_read_in_place_when_its_returns_mean_allow() -> None:
+    chain = ("-A FILTERS -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+             "-A FILTERS -p tcp -m conntrack --ctorigdstport 443 -j RETURN",
+             "-A FILTERS -j DROP")
+    exact = import_text(save_file("-A DOCKER-USER -i eth0 -j FILTERS", "-A DOCKER-USER -j RETURN", *chain,
+                                  chains=("FILTERS",)), "rules.v4")
+    assert not exact.findings and exact.interfaces == ("eth0",) and exact.default == "drop"
+    assert allows(exact) == {("tcp", ("443",), ANY_V4_V6)}
+    # A RETURN there goes back to DOCKER-USER, whose DROP then refuses the packet: not an allow.
+    refused = import_text(save_file("-A DOCKER-USER -i eth0 -j FILTERS", "-A DOCKER-USER -i eth0 -j DROP", *chain,
+                                    chains=("FILTERS",)), "rules.v4")
+    assert not refused.entries and "a jump to chain FILTERS" in warnings(refused)[8]
+
+
+def test_wildcard_interfaces_are_filtered_but_not_named() -> None:
+    result = import_text(save_file("-A DOCKER-USER -i eth+ -p tcp -m conntrack --ctorigdstport 443 -j ACCEPT",
+                                   "-A DOCKER-USER -i eth+ -j DROP"), "rules.v4")
+    assert allows(result) == {("tcp", ("443",), ANY_V4_V6)} and result.interfaces == ("eth0",)
+    found = warnings(result)
+    assert "'eth+' is a wildcard" in found[8] and "is an assumption" in found[None] and set(found) == {None, 8}
+
+
+def test_dockerguards_own_export_imports_back_to_its_policy(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    exported = subprocess.run([sys.executable, "-m", "dockerguard", "export", "--format", "iptables-restore", "-c",
+                               str(examples / "classic.toml"), "--backend", "iptables-nft"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+    result = import_text(exported, "export.v4")
+    original = parse_policy((examples / "classic.toml").read_text())
+    assert sorted((a.ports, a.proto, a.sources, a.comment) for a in result.policy.allow) == sorted(
+        (tuple(PortRange(p.first, p.first) for p in a.ports[i:i + 1]), a.proto, a.sources, a.comment)
+        for a in original.allow for i in range(len(a.ports)))
+    assert result.interfaces == original.external_interfaces and result.default == original.default
 
 
 def test_an_open_chain_is_imported_closed_with_a_warning() -> None:
