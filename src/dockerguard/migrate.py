@@ -856,7 +856,8 @@ class _Route:
 
 
 class _UfwRulesImport:
-    PRIVATE_RETURN = "private"
+    """ufw's rules files: `route` tuples (and hand-written ufw-user-forward rules) become entries, ufw-docker's
+    DOCKER-USER block the default."""
 
     def __init__(self, job: _Import, save: _SaveFile, family: int | None) -> None:
         self.job = job
