@@ -20,7 +20,8 @@ _EXPORTS = {
     **{name: "errors" for name in (
         "ApplyError", "BackendUnavailable", "ConfirmError", "DemoError", "DetectionError", "DockerUnavailable",
         "DockerguardError", "LockTimeout", "LockoutError", "PendingConfirmationError", "PolicyError",
-        "RollbackError", "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError")},
+        "RollbackError", "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError",
+        "MigrationError")},
 }
 __all__ = [
     "ApplyError",

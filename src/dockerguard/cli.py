@@ -1,7 +1,7 @@
 """The `dockerguard` command (typer). The only module that prints.
 
-Exit codes: 0 ok, 1 runtime/kernel error (and `diff --exit-code` with changes), 2 bad input (policy,
-arguments), 3 drift (`status -c`).
+Exit codes: 0 ok, 1 runtime/kernel error (and `diff --exit-code` with changes, `import` with warnings),
+2 bad input (policy, arguments, an unreadable `import` file), 3 drift (`status -c`).
 """
 
 from __future__ import annotations
@@ -638,6 +638,82 @@ def _print_report(target: Any, report: Any, dry_run: bool) -> None:
         print("next steps:")
         for step in report.next_steps:
             print(f"  {step}")
+
+
+@app.command("import")
+def import_rules(
+    file: str = typer.Argument(..., metavar="FILE",
+                               help="rules.v4/rules.v6 (iptables-save), /etc/ufw/after.rules or user.rules, or saved "
+                                    "`ufw status` output; - reads stdin."),
+    fmt: str = typer.Option("auto", "--format", "-f",
+                            help="auto, iptables-save, ufw-after-rules (any ufw rules file) or ufw-status."),
+    family: Optional[int] = typer.Option(None, "--family", help="4 or 6 (default: from the file)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="Write the policy to this new file (an existing one is not replaced)."),
+    docker_socket: Optional[str] = typer.Option(
+        None, "--docker-socket",
+        help="Ask Docker (this API socket) which host ports publish the container ports the old rules matched."),
+) -> None:
+    """Turn hand-written DOCKER-USER rules or a ufw-docker setup into a policy (printed, or written to -o).
+
+    Warnings (FILE:LINE: warning: ...) go to stderr and into the policy as REVIEW comments. Exit 0: everything
+    mapped; 1: the policy needs review (warnings); 2: unreadable input, or -o exists."""
+    from .migrate import import_text
+
+    if output is not None and os.path.lexists(output):
+        raise UsageError(f"{output} already exists; refusing to overwrite it (remove it or pick another name)")
+    name = "<stdin>" if file == "-" else file
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        from .errors import MigrationError
+
+        raise MigrationError(f"cannot read: {exc}", file=name) from None
+    containers, docker_problem = None, None
+    if docker_socket is not None:
+        from .docker import DockerClient
+
+        try:
+            containers = DockerClient(docker_socket).containers()
+        except DockerguardError as exc:  # the import still works; it just cannot translate ports
+            docker_problem = f"Docker did not answer ({exc}): container ports are not translated"
+    result = import_text(text, name, fmt, family, containers, docker_socket)
+    problems = [f"{name}: warning: {docker_problem}"] if docker_problem else []
+    for finding in result.findings:
+        where = f"{name}:{finding.line}" if finding.line is not None else name
+        problems.append(f"{where}: warning: {finding.message}" + (f"; rule: {finding.rule}" if finding.rule else ""))
+    if output is None:
+        sys.stdout.write(result.text)
+    else:
+        _write_new(output, result.text)
+        print(f"wrote {output}: {len(result.entries)} allow entries, {len(problems)} warnings; next: review it, "
+              f"then `dockerguard plan -c {output}`")
+    sys.stdout.flush()
+    sys.stderr.write("".join(line + "\n" for line in problems))
+    if problems:
+        raise typer.Exit(1)
+
+
+def _write_new(path: str, text: str) -> None:
+    """Write `path` only if it does not exist, never half: a temporary file linked into place (link refuses
+    to replace), with the permissions a plain new file gets."""
+    import tempfile
+
+    umask = os.umask(0)
+    os.umask(umask)
+    fd, temporary = tempfile.mkstemp(prefix=".dockerguard-import-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~umask)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise UsageError(f"{path} already exists; refusing to overwrite it") from None
+    finally:
+        os.unlink(temporary)
 
 
 @app.command("_rollback-timer", hidden=True)

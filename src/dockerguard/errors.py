@@ -116,3 +116,22 @@ class CommandError(subprocess.CalledProcessError):
         err = (self.stderr or "").strip() if isinstance(self.stderr, str) else ""
         out = (self.output or "").strip() if isinstance(self.output, str) else ""
         return f"command {cmd!r} exited {self.returncode}: {err or out or '(no output)'}"
+
+
+class MigrationError(DockerguardError):
+    """`dockerguard import` cannot read its input (not a firewall file of the expected format); nothing
+    was written. Names the file and, when it knows, the line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<input>"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.message}"
