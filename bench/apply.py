@@ -68,17 +68,17 @@ class Case:
 
 @dataclass
 class Cell:
-    """The runs of one measurement: median seconds, or why there is none."""
+    """The runs of one measurement: median seconds of those that worked, and how many did not."""
 
     values: list[float] = field(default_factory=list)
-    problem: str | None = None
+    failures: list[str] = field(default_factory=list)  # "timeout", "exit 1"
     note: str = ""
 
     def add(self, result: Run, what: str) -> bool:
         if result.ok:
             self.values.append(result.seconds)
             return True
-        self.problem = "timeout" if result.timed_out else f"failed (exit {result.returncode})"
+        self.failures.append("timeout" if result.timed_out else f"exit {result.returncode}")
         benchlib.progress(f"  {result.why(what)}")
         return False
 
@@ -88,8 +88,14 @@ class Cell:
 
     def text(self) -> str:
         if self.values:
-            return seconds(self.median) + self.note
-        return self.problem or "not run"
+            runs = len(self.values) + len(self.failures)
+            failed = f" ({len(self.failures)} of {runs} runs failed)" if self.failures else ""
+            return seconds(self.median) + self.note + failed
+        if self.failures:
+            reasons = ", ".join(sorted(set(self.failures)))
+            runs = len(self.failures)
+            return f"failed ({reasons})" if runs == 1 else f"failed in all {runs} runs ({reasons})"
+        return "not run"
 
 
 class Bench:
@@ -105,6 +111,7 @@ class Bench:
         self.readback_tools: dict[str, str] = {}
         self.stopped: dict[str, str] = {}  # backend -> why larger sizes are not run
         self.per_call: dict[str, tuple[float, int]] = {}  # backend -> (seconds per call, calls sampled)
+        self.errors: dict[tuple[str, int, str], str] = {}  # the first error message of a failed measurement
         self.has_ipset = shutil.which("ipset") is not None
         self.notes: list[str] = []
 
@@ -162,6 +169,8 @@ class Bench:
 
     def record(self, backend: str, size: int, metric: str, result: Run) -> bool:
         if not self.cell(backend, size, metric).add(result, f"dockerguard {metric}"):
+            lines = [line.strip() for line in result.stderr.splitlines() if line.startswith("error")]
+            self.errors.setdefault((backend, size, metric), lines[-1] if lines else result.why("dockerguard"))
             return False
         steps: dict[str, float] = {}
         for line in result.stderr.splitlines():
@@ -264,9 +273,10 @@ class Bench:
             if done == len(calls):
                 cell.values.append(total)
             else:
-                self.per_call[backend] = (total / done, done)
                 cell.values.append(total / done * len(calls))
                 cell.note = f" (extrapolated from {done:,} of {len(calls):,} calls)"
+        if cell.median is not None and done >= self.per_call.get(backend, (0.0, 0))[1]:
+            self.per_call[backend] = (cell.median / len(calls), done)  # larger sizes extrapolate from this
 
     def per_rule_setup(self, backend: str, netns: str, case: Case) -> None:
         if backend == "nft":
@@ -401,7 +411,7 @@ def report(bench: Bench, backends: Sequence[str], sizes: Sequence[int], facts: l
     for backend in backends:
         for size in sizes:
             apply = cell(backend, size, "apply")
-            apply_text = apply.text() if apply.values or apply.problem else bench.stopped.get(backend, "not run")
+            apply_text = apply.text() if apply.values or apply.failures else bench.stopped.get(backend, "not run")
             floor_seconds, floor_label = floor(backend, size)
             rows.append([backend, f"{size:,}", apply_text, seconds(floor_seconds), floor_label,
                          ratio(apply.median, floor_seconds), cell(backend, size, "per_rule").text()])
@@ -413,7 +423,7 @@ def report(bench: Bench, backends: Sequence[str], sizes: Sequence[int], facts: l
     for backend in backends:
         for size in sizes:
             noop, back = cell(backend, size, "noop"), cell(backend, size, "readback")
-            if not (noop.values or noop.problem):
+            if not (noop.values or noop.failures):
                 continue
             rows.append([backend, f"{size:,}", noop.text(), back.text(), bench.readback_tools.get(backend, "-"),
                          bench.objects.get((backend, size), "-"), ratio(noop.median, back.median)])
@@ -425,7 +435,7 @@ def report(bench: Bench, backends: Sequence[str], sizes: Sequence[int], facts: l
     for backend in backends:
         for size in sizes:
             added = cell(backend, size, "add_one")
-            if not (added.values or added.problem):
+            if not (added.values or added.failures):
                 continue
             floor_seconds, floor_label = floor(backend, size, "floor_inc")
             rows.append([backend, f"{size:,}", added.text(), seconds(floor_seconds), floor_label,
@@ -469,7 +479,10 @@ def report(bench: Bench, backends: Sequence[str], sizes: Sequence[int], facts: l
                             "outside the steps (s)"], rows), "",
             "Outside the steps: interpreter start-up, imports, loading the policy, printing, exit.", ""]
 
-    notes = [*bench.notes,
+    labels = {"apply": "apply", "noop": "no-op re-apply", "add_one": "apply with one source added"}
+    errors = [f"{backend} N={size:,}, {labels.get(metric, metric)} failed: {message[:400]}"
+              for (backend, size, metric), message in bench.errors.items()]
+    notes = [*bench.notes, *errors,
              "floor: the best hand-written load of the same semantics, as processes (see bench/README.md); "
              "iptables flavours report the faster of the two variants in the table above.",
              f"per-rule calls: one process per rule (nft: per source; iptables: per source and port), at most "

@@ -336,7 +336,9 @@ def machine_facts(netns: str, tools: Sequence[Sequence[str]] = ()) -> list[tuple
 
 
 def facts_table(facts: Sequence[tuple[str, str]]) -> str:
-    return table(["machine", "value"], [[key, value] for key, value in facts])
+    """The facts, and the load average now (other work on the machine during the run shows there)."""
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return table(["machine", "value"], [[key, value] for key, value in facts] + [["load average at end", load]])
 
 
 def _cell(value: object) -> str:
