@@ -249,8 +249,9 @@ class Bench:
         calls = per_rule_calls(backend, case)
         cell = self.cell(backend, case.size, "per_rule")
         limit = self.args.per_rule_max
-        if len(calls) > limit and backend in self.per_call:
-            per_call, sampled = self.per_call[backend]
+        known = self.per_call.get(backend)
+        if len(calls) > limit and known is not None and known[1] >= limit:  # a full-size sample exists
+            per_call, sampled = known
             cell.values.append(per_call * len(calls))
             cell.note = f" (extrapolated from {sampled:,} of {len(calls):,} calls)"
             return
