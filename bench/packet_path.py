@@ -43,7 +43,7 @@ from dockerguard.sandbox import (  # noqa: E402
 
 BACKENDS = ("nft", "iptables-nft", "iptables-legacy")
 DOCKER_FLAVOUR = {"nft": "iptables-nft", "iptables-nft": "iptables-nft", "iptables-legacy": "iptables-legacy"}
-QUICK = {"sizes": [1, 1000], "repeat": 1, "duration": 0.5}
+QUICK = {"sizes": [1, 1000], "repeat": 1, "duration": 0.5, "warmup": 0.5}
 PORT = 8080  # published by the sandbox (-> container port 80)
 WARMUP = 0.2  # seconds of connections before each measurement (caches, neighbour entries)
 
@@ -127,6 +127,13 @@ def measure(topo: Topology, families: Sequence[int], args: argparse.Namespace) -
     return results
 
 
+def _change(before: str, after: str) -> str:
+    try:
+        return f"{float(after.replace(',', '')) / float(before.replace(',', '')) - 1:+.0%}"
+    except (ValueError, ZeroDivisionError):
+        return "-"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=benchlib.positive_int, nargs="+", default=[1, 1000, 10000],
@@ -138,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ports", type=benchlib.positive_int, default=2,
                         help="published ports in the policy (default 2: 8080 and 443); the loop uses 8080")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds `dockerguard apply` may take")
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="seconds of discarded connections before the first measurement (default 10): an idle "
+                             "machine speeds up over the first seconds, which would favour the rows measured last")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 1,000, one 0.5 s run: a smoke run (CI)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -149,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = benchlib.start("bench/packet_path.py: new-connection cost per number of allowed sources")
     cli = benchlib.dockerguard_cli()
     rows: list[list[object]] = []
-    rates: dict[tuple[str, int], dict[int | None, str]] = {}
+    measured_at: dict[tuple[str, int], dict[int | None, tuple[str, str]]] = {}  # (conn/s, connect µs)
     facts: list[tuple[str, str]] = []
     notes: list[str] = []
     interrupted = False
@@ -158,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends, notes = benchlib.usable_backends(namespaces, args.backends)
         with namespaces.scoped() as netns:
             facts = benchlib.machine_facts(netns)
+        if backends:
+            benchlib.progress(f"warm-up: {args.warmup:g} s of connections, not reported")
+            with Topology(flavour=DOCKER_FLAVOUR[backends[0]]) as topo:
+                topo.write_sysctls("ext", {"net/ipv4/ip_local_port_range": "10000 65000"})
+                connection_loop(topo, families[0], args.warmup)
         with tempfile.TemporaryDirectory(prefix="dgbench-") as tmp:
             for backend in backends:
                 for size in [None, *args.sizes]:
@@ -186,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for family in families:
                         rate, connect, failures = measured[family]
                         cells += [rate + (f" ({failures} failed)" if failures else ""), connect]
-                        rates.setdefault((backend, family), {})[size] = rate
+                        measured_at.setdefault((backend, family), {})[size] = (rate, connect)
                     rows.append([backend, label, *cells, verdict])
     except KeyboardInterrupt:
         interrupted = True
@@ -201,19 +216,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = ["## New connections through the rules (bench/packet_path.py)", "",
            f"Command: `{benchlib.command_line()}`" + (" (interrupted: partial results)" if interrupted else ""), "",
            benchlib.facts_table(facts), "",
-           f"One client, one connection at a time, {args.duration:g} s per run, median of {args.repeat} run(s); "
-           "connect p50: median time of connect(), the SYN's round trip through the host's rules.", "",
+           f"One client, one connection at a time, {args.duration:g} s per run, median of {args.repeat} run(s), "
+           f"after {args.warmup:g} s of warm-up; connect p50: median time of connect(), the SYN's round trip "
+           "through the host's rules. Rows were measured top to bottom.", "",
            benchlib.table(headers, rows), ""]
-    if args.sizes and rates:
+    if args.sizes and measured_at:
         first, last = args.sizes[0], args.sizes[-1]
         flat = []
-        for (backend, family), by_size in rates.items():
-            low, high = by_size.get(first), by_size.get(last)
-            if low and high and low != "-" and high != "-":
-                change = float(high.replace(",", "")) / float(low.replace(",", "")) - 1
-                flat.append([backend, f"IPv{family}", low, high, f"{change:+.0%}"])
-        out += [f"### Is it flat? conn/s at N = {first:,} against N = {last:,}", "",
-                benchlib.table(["backend", "family", f"N = {first:,}", f"N = {last:,}", "change"], flat), ""]
+        for (backend, family), by_size in measured_at.items():
+            if first in by_size and last in by_size:
+                (rate_low, connect_low), (rate_high, connect_high) = by_size[first], by_size[last]
+                flat.append([backend, f"IPv{family}", rate_low, rate_high, _change(rate_low, rate_high),
+                             connect_low, connect_high, _change(connect_low, connect_high)])
+        out += [f"### Is it flat? N = {first:,} against N = {last:,}", "",
+                "connect() time is the steadier signal: connections per second also carry the machine's noise.", "",
+                benchlib.table(["backend", "family", f"conn/s at {first:,}", f"conn/s at {last:,}", "change",
+                                f"connect p50 at {first:,} (µs)", f"connect p50 at {last:,} (µs)", "change"],
+                               flat), ""]
     out += ["Notes:", "", *(f"- {note}" for note in notes),
             "- Generated sources (odd hosts of the documentation /24s, then of 10.0.0.0/8; 2001:db8:HHHH:LLLL::1) "
             "never carry a packet; the client is 198.51.100.10 / 2001:db8:100::10.", ""]
