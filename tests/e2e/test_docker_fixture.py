@@ -1,7 +1,8 @@
 """The real-Docker fixture itself, without dockerguard: publishing works from the external namespace,
 dockerd restarts bring containers back, the rules land where the chosen firewall mode puts them, and
 nothing is left behind, not even after dockerd was killed. Also the facts about Docker 20.10, 28 and 29
-that dockerguard depends on: chains and their order, docker-proxy's command line and sockets."""
+that dockerguard depends on: chains and their order, the firewall backend /info reports, forwarding at
+start, docker-proxy's command line and sockets, and reference dumps (fixtures/) of each engine's rules."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ from docker_host import (
     PAGE,
     SYSTEM_ENGINE,
     DockerHost,
+    DockerHostError,
     Probe,
     on_host_addresses,
 )
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# DOCKERGUARD_E2E_WRITE_REFERENCES=1 rewrites fixtures/*.rules from live engines instead of comparing.
+WRITE_REFERENCES = os.environ.get("DOCKERGUARD_E2E_WRITE_REFERENCES") == "1"
 
 # Host modes for the tests that record one fact per engine rather than per firewall mode.
 ONE_PER_ENGINE = [("20.10", "iptables-legacy"), ("28", "iptables-nft"), ("29", NFTABLES)]
@@ -195,6 +201,41 @@ def test_daemon_can_start_after_the_namespaces_exist(host_mode: tuple[str, str],
     host.wait_reachable([Probe(8080)])
 
 
+def test_forwarding_off_at_start(host_mode: tuple[str, str], make_docker_host: Callable[..., DockerHost]) -> None:
+    """On a fresh host (forwarding off): the iptables modes turn IPv4 forwarding on and then set FORWARD's
+    policy to DROP; Docker 29's nftables mode refuses to start (moby#50646: it no longer enables
+    forwarding). The other tests start with forwarding on, as nftables mode needs, so FORWARD's policy
+    stays ACCEPT there."""
+    engine, flavour = host_mode
+    host = make_docker_host(flavour, engine=engine, start=False, forwarding=False)
+    if flavour == NFTABLES:
+        with pytest.raises(DockerHostError, match=r"IPv4 forwarding is disabled.*net\.ipv4\.ip_forward=1"):
+            host.start_daemon()
+        return
+    host.start_daemon()
+    assert host.host_exec(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+    assert ":FORWARD DROP" in host.iptables_save(4)
+    host.run_web("web", publish=["8080:80"])
+    host.wait_reachable([Probe(8080)])
+
+
+def test_info_reports_the_firewall_backend(docker_host: DockerHost) -> None:
+    """Engine API /info (``docker info --format '{{json .}}'``): "FirewallBackend" is {"Driver": ...}
+    since 28 ("iptables" for either iptables flavour: it does not say legacy or nft), with "Info" pairs
+    since 29; 20.10 has no such field."""
+    info = docker_host.docker_info()
+    if docker_host.engine == SYSTEM_ENGINE:
+        assert "FirewallBackend" not in info
+        return
+    backend = info["FirewallBackend"]
+    assert isinstance(backend, dict)
+    assert backend["Driver"] == ("nftables" if docker_host.flavour == NFTABLES else "iptables")
+    if docker_host.engine == "28":
+        assert set(backend) == {"Driver"}
+    else:
+        assert dict(backend["Info"])["EnableUserlandProxy"] == "true"
+
+
 @pytest.mark.parametrize("host_mode", ONE_PER_ENGINE, ids=mode_ids(ONE_PER_ENGINE), indirect=True)
 def test_ipv6_reaches_an_ipv4_only_container_through_docker_proxy(docker_host: DockerHost) -> None:
     """A fact of every engine that filters must know: a container on an IPv4-only network (here the
@@ -223,3 +264,39 @@ def test_ipv6_reaches_an_ipv4_only_container_through_docker_proxy(docker_host: D
     assert sorted(argv[1:] for argv in commands) == expected
     engine_proxy = str(docker_host.engine_bin / "docker-proxy") if docker_host.engine_bin else "/usr/sbin/docker-proxy"
     assert {argv[0] for argv in commands} == {engine_proxy}
+
+
+def reference_text(host: DockerHost) -> str:
+    """What fixtures/<label>.rules holds: the host's iptables-save (IPv4, IPv6) and nft list ruleset, with
+    counters zeroed and the "Generated/Completed" comment lines dropped."""
+    kind = host.iptables_flavour.split("-", 1)[1]
+    sections = [(f"iptables-{kind}-save", host.iptables_save(4)), (f"ip6tables-{kind}-save", host.iptables_save(6)),
+                ("nft list ruleset", host.nft_ruleset())]
+    out = [f"# {host.label}: one container (busybox httpd) on the default bridge 192.0.2.1/28, `docker run -p "
+           "8080:80`, daemon.json of tests/e2e/docker_host.py (ip6tables on), forwarding on before dockerd started",
+           "# written by tests/e2e/test_docker_fixture.py::test_reference_rulesets "
+           "(DOCKERGUARD_E2E_WRITE_REFERENCES=1)"]
+    for title, text in sections:
+        text = re.sub(r"\[\d+:\d+\]", "[0:0]", text)
+        text = re.sub(r"packets \d+ bytes \d+", "packets 0 bytes 0", text)
+        lines = [line for line in text.splitlines() if not re.match(r"# (Generated|Completed) ", line)]
+        out += [f"### {title}", *lines]
+    return "\n".join(out) + "\n"
+
+
+REFERENCE_MODES = [("20.10", "iptables-nft"), ("28", "iptables-nft"), ("29", "iptables-nft"), ("29", NFTABLES)]
+
+
+@pytest.mark.parametrize("host_mode", REFERENCE_MODES, ids=mode_ids(REFERENCE_MODES), indirect=True)
+def test_reference_rulesets(docker_host: DockerHost) -> None:
+    """The exact rules each engine makes for one published port, kept under fixtures/ as reference (the
+    addresses are documentation ranges); a new engine build that changes them fails here first."""
+    docker_host.run_web("web", publish=["8080:80"])
+    docker_host.wait_reachable([Probe(8080)])
+    assert docker_host.container_ip("web") == "192.0.2.2"  # the first address of docker0's /28
+    path = FIXTURES / f"{docker_host.label}.rules"
+    text = reference_text(docker_host)
+    if WRITE_REFERENCES:
+        path.write_text(text)
+        pytest.skip(f"wrote {path}")
+    assert text == path.read_text()
