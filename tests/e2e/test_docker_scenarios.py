@@ -394,6 +394,34 @@ def test_ipv6_through_docker_proxy(case: Case, tmp_path: Path, make_docker_host:
         raise DockerProxyGap(f"{host.label}: IPv6 to port 9191, which the policy does not allow: {outcome}")
 
 
+class DirectAccessGap(AssertionError):
+    """The one failure test_direct_access_to_container_addresses expects on Docker 20.10."""
+
+
+def test_direct_access_to_container_addresses(guarded: Guarded, request: pytest.FixtureRequest) -> None:
+    """A neighbour that routes straight to container addresses (no DNAT) must not get through because the
+    policy allows host port 80 (here for other uses): the allow is for *published host* ports. Docker 28+
+    drops such packets itself, in raw PREROUTING ("direct access", before any filter, so they never reach
+    DOCKER-USER or our forward hook); 20.10 forwards them to published container ports, and then our
+    allow for port 80 matches them: without DNAT, the original destination port is the container's."""
+    if guarded.host.engine == SYSTEM_ENGINE:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=DirectAccessGap, reason=(
+            "Docker 20.10 forwards packets routed to a container address; dockerguard's allows match the "
+            "original destination port without requiring that the connection was DNATed, so an allow for host "
+            "port 80 also admits direct access to every container's port 80")))
+    guarded.host.route_to_containers()
+    admin = guarded.addresses()["admin"]  # publishes 8443, which only ADMIN may reach; listens on 80
+    direct = [Probe(80, OTHER_V4, to=admin[0]), Probe(80, OTHER_V6, family=6, to=admin[1])]
+    docker_drops = guarded.host.engine != SYSTEM_ENGINE
+    # Control: what Docker alone does with them.
+    assert guarded.host.probe_outcomes(_patient(direct)) == ["timeout" if docker_drops else "open"] * 2
+    guarded.apply()
+    guarded.expect()  # the raw drops do not disturb published ports
+    outcomes = guarded.host.probe_outcomes(direct)
+    if outcomes != ["timeout", "timeout"]:
+        raise DirectAccessGap(f"{guarded.host.label}: direct to {admin}: {outcomes}")
+
+
 def test_host_protection_closes_the_docker_proxy_gap(case: Case, tmp_path: Path,
                                                      make_docker_host: Callable[..., DockerHost]) -> None:
     """The mitigation for the gap above: a [host] section filters INPUT on the external interface, where
