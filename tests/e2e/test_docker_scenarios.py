@@ -130,6 +130,10 @@ class Guarded:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             yield log
+        except BaseException:
+            # pytest keeps few temporary directories: show what watch did next to the failure.
+            print(f"--- {log.name} (dockerguard watch) ---\n{log.read_text()}", file=sys.stderr)
+            raise
         finally:
             process.send_signal(signal.SIGTERM)
             try:
