@@ -25,8 +25,11 @@ Processes, all started by us and tracked by PID:
 * a *holder* (``sleep``) that owns a private mount namespace (propagation slave) joined to the host
   network namespace. It mounts a tmpfs over ``/run`` there, so everything dockerd, containerd and
   the shims write below /run (exec-root, data-root, shim sockets, /run/docker/plugins, key.json) lives
-  in memory and vanishes with the namespace. Only ``/run/xtables.lock`` is bind-mounted back from the
-  real /run: tools run through ``ip netns exec`` (dockerguard) must share iptables' lock with dockerd;
+  in memory and vanishes with the namespace. ``/run/xtables.lock`` there is a bind mount of this host's
+  own lock file, which every process of the host is also pointed at with ``XTABLES_LOCKFILE`` (dockerd's
+  iptables calls, and dockerguard run through ``ip netns exec``, which sees the real /run): dockerguard
+  and dockerd share one lock as on a real host, and no other iptables user of the machine can stall
+  them (one holding the machine's lock for minutes made applies time out);
 * containerd (separate, like Debian's containerd.service: restarting dockerd does not restart it);
 * dockerd, entered into the holder's namespaces with ``nsenter`` (not ``ip netns exec``, which remounts
   /sys and loses /sys/fs/cgroup), with a directory of ``iptables*`` symlinks first on its PATH that
@@ -99,14 +102,11 @@ _PR_SET_PDEATHSIG = 1
 _IPTABLES_TOOLS = ("iptables", "ip6tables")
 _IPTABLES_SUFFIXES = ("", "-save", "-restore")
 
-# The holder: private /run (tmpfs) with the real xtables lock bound back, then sleep forever.
-# fd 3 keeps the real lock file reachable after the tmpfs hides it.
+# The holder: private /run (tmpfs) with the host's own xtables lock ($1) bound in, then sleep forever.
 _HOLDER_SCRIPT = f"""set -e
-exec 3<>/run/xtables.lock
 mount -t tmpfs -o mode=0755,size=256m dge2e-run /run
 : > /run/xtables.lock
-mount --bind /proc/self/fd/3 /run/xtables.lock
-exec 3>&-
+mount --bind "$1" /run/xtables.lock
 mkdir -p {_PRIVATE}/ctd
 echo READY
 exec sleep infinity
@@ -542,7 +542,14 @@ class DockerHost:
         # engine's own containerd, runc, docker-proxy (dockerd finds them on PATH).
         engine = f"{self.engine_bin}:" if self.engine_bin else ""
         path = f"{self.tmp / 'bin'}:{engine}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        return {"PATH": path, "HOME": str(self.tmp), "LANG": "C.UTF-8"}
+        return {"PATH": path, "HOME": str(self.tmp), "LANG": "C.UTF-8", "XTABLES_LOCKFILE": self.xtables_lock}
+
+    @property
+    def xtables_lock(self) -> str:
+        """This host's xtables lock (see the module docstring); pass it as XTABLES_LOCKFILE to iptables
+        users started outside host_exec."""
+        assert self.tmp is not None
+        return str(self.tmp / "xtables.lock")
 
     def docker_cli(self) -> str:
         """The CLI of the same release as dockerd."""
@@ -586,6 +593,7 @@ class DockerHost:
             tmp_root = "/var/tmp"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.run_id}-", dir=tmp_root))
         (self.tmp / "bin").mkdir()
+        Path(self.xtables_lock).touch()
         kind = self.iptables_flavour.split("-", 1)[1]
         for tool in _IPTABLES_TOOLS:
             for suffix in _IPTABLES_SUFFIXES:
@@ -684,7 +692,7 @@ class DockerHost:
 
     def _start_holder(self) -> None:
         argv = ["nsenter", f"--net={self.netns_path('host')}", "unshare", "--mount", "--propagation", "slave",
-                "sh", "-c", _HOLDER_SCRIPT]
+                "sh", "-c", _HOLDER_SCRIPT, "holder", self.xtables_lock]
         self._holder = self._spawn(argv, "holder.log", pipe=True)
         line = _readline(self._holder, time.monotonic() + 10)
         if line.strip() != b"READY":
@@ -930,8 +938,11 @@ class DockerHost:
 
     def host_exec(self, argv: Sequence[str], *, check: bool = True, input: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """``ip netns exec HOST argv``: as an admin's shell on the docker host would run it."""
-        return _run(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout)
+        """``ip netns exec HOST argv``: as an admin's shell on the docker host would run it (with the host's
+        xtables lock)."""
+        env = {**os.environ, "XTABLES_LOCKFILE": self.xtables_lock}
+        return _run(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout,
+                    env=env)
 
     def ext_exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60
                  ) -> subprocess.CompletedProcess[str]:

@@ -124,8 +124,9 @@ class Guarded:
         Stopped by PID with SIGTERM; the log must say it stopped cleanly."""
         log = self.state_dir.parent / f"watch-{len(list(self.state_dir.parent.glob('watch-*.log')))}.log"
         argv = ["ip", "netns", "exec", self.host.host_ns, "env", f"DOCKERGUARD_STATE_DIR={self.state_dir}",
-                sys.executable, "-m", "dockerguard", "watch", "-c", str(self.policy), "--backend", self.backend,
-                "--interval", "0.5", "--docker-socket", self.host.socket_path]
+                f"XTABLES_LOCKFILE={self.host.xtables_lock}", sys.executable, "-m", "dockerguard", "watch",
+                "-c", str(self.policy), "--backend", self.backend, "--interval", "0.5",
+                "--docker-socket", self.host.socket_path]
         with log.open("w") as stderr:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
