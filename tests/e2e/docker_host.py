@@ -1,10 +1,16 @@
-"""A real Docker engine (Debian's docker.io) isolated in network namespaces, for end-to-end tests.
+"""A real Docker engine isolated in network namespaces, for end-to-end tests.
 
 No pytest dependency: usable from tests, benchmarks or a REPL (as root)::
 
-    with DockerHost("iptables-nft") as host:
+    with DockerHost("iptables-nft", engine="28") as host:
         host.run_web("web", publish=["8080:80"])
         assert host.probe(8080, src="198.51.100.11")
+
+Engines: "20.10" is the system's docker.io (Debian bookworm); "28" and "29" are real newer engines
+(dockerd, containerd, runc, docker-proxy and CLI in one bin directory) made by the prepare script,
+``$DOCKERGUARD_DOCKER_PREPARE`` (default ``<repository>/../shared/docker-engines/prepare``), in
+``$DOCKERGUARD_ENGINES_DIR/<version>`` (default /var/cache/dockerguard-engines). Firewall modes: dockerd
+with iptables-legacy or iptables-nft (every engine), or Docker 29's own nftables backend ("nftables").
 
 Layout (documentation addresses only; the root namespace's network and firewall are never touched)::
 
@@ -19,12 +25,16 @@ Processes, all started by us and tracked by PID:
 * a *holder* (``sleep``) that owns a private mount namespace (propagation slave) joined to the host
   network namespace. It mounts a tmpfs over ``/run`` there, so everything dockerd, containerd and
   the shims write below /run (exec-root, data-root, shim sockets, /run/docker/plugins, key.json) lives
-  in memory and vanishes with the namespace. Only ``/run/xtables.lock`` is bind-mounted back from the
-  real /run: tools run through ``ip netns exec`` (dockerguard) must share iptables' lock with dockerd;
+  in memory and vanishes with the namespace. ``/run/xtables.lock`` there is a bind mount of this host's
+  own lock file, which every process of the host is also pointed at with ``XTABLES_LOCKFILE`` (dockerd's
+  iptables calls, and dockerguard run through ``ip netns exec``, which sees the real /run): dockerguard
+  and dockerd share one lock as on a real host, and no other iptables user of the machine can stall
+  them (one holding the machine's lock for minutes made applies time out);
 * containerd (separate, like Debian's containerd.service: restarting dockerd does not restart it);
 * dockerd, entered into the holder's namespaces with ``nsenter`` (not ``ip netns exec``, which remounts
   /sys and loses /sys/fs/cgroup), with a directory of ``iptables*`` symlinks first on its PATH that
-  selects iptables-legacy or iptables-nft.
+  selects iptables-legacy or iptables-nft, then the engine's bin directory (28, 29), so containerd,
+  runc and docker-proxy are the engine's own (docker-init is the system's tini, see _ENGINE_TOOLS).
 
 Containers get a per-run ``cgroup-parent``; together with the holder's mount namespace that names every
 process we own, so teardown never has to guess (no pkill).
@@ -68,7 +78,17 @@ from dockerguard.sandbox.netns import (
     write_sysctls,
 )
 
-FLAVOURS: tuple[str, ...] = ("iptables-legacy", "iptables-nft")
+FLAVOURS: tuple[str, ...] = ("iptables-legacy", "iptables-nft")  # the iptables dockerd can be given
+NFTABLES = "nftables"  # Docker 29's own firewall backend (daemon.json "firewall-backend")
+SYSTEM_ENGINE = "20.10"  # Debian bookworm's docker.io, on PATH
+ENGINES: tuple[str, ...] = (SYSTEM_ENGINE, "28", "29")
+# Firewall modes per engine ("flavour" below): what dockerd programs its rules with.
+ENGINE_FIREWALLS: dict[str, tuple[str, ...]] = {SYSTEM_ENGINE: FLAVOURS, "28": FLAVOURS, "29": (*FLAVOURS, NFTABLES)}
+HOST_MODES: tuple[tuple[str, str], ...] = tuple((e, f) for e in ENGINES for f in ENGINE_FIREWALLS[e])
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ENGINES_DIR = "/var/cache/dockerguard-engines"
+_PREPARE_TIMEOUT = 900  # a first preparation downloads packages; later calls only check the directory
 
 HOST_V4 = "198.51.100.1"
 HOST_V6 = "2001:db8:100::1"
@@ -91,14 +111,11 @@ _PR_SET_PDEATHSIG = 1
 _IPTABLES_TOOLS = ("iptables", "ip6tables")
 _IPTABLES_SUFFIXES = ("", "-save", "-restore")
 
-# The holder: private /run (tmpfs) with the real xtables lock bound back, then sleep forever.
-# fd 3 keeps the real lock file reachable after the tmpfs hides it.
+# The holder: private /run (tmpfs) with the host's own xtables lock ($1) bound in, then sleep forever.
 _HOLDER_SCRIPT = f"""set -e
-exec 3<>/run/xtables.lock
 mount -t tmpfs -o mode=0755,size=256m dge2e-run /run
 : > /run/xtables.lock
-mount --bind /proc/self/fd/3 /run/xtables.lock
-exec 3>&-
+mount --bind "$1" /run/xtables.lock
 mkdir -p {_PRIVATE}/ctd
 echo READY
 exec sleep infinity
@@ -203,6 +220,72 @@ def missing_requirements() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Newer engines, made by the prepare script (see the module docstring)
+# ---------------------------------------------------------------------------------------------
+
+def prepare_script() -> Path:
+    return Path(os.environ.get("DOCKERGUARD_DOCKER_PREPARE") or REPO_ROOT.parent / "shared/docker-engines/prepare")
+
+
+def engines_dir() -> Path:
+    return Path(os.environ.get("DOCKERGUARD_ENGINES_DIR") or DEFAULT_ENGINES_DIR)
+
+
+_engine_lock = threading.Lock()
+_engine_bins: dict[str, Path | str] = {}  # engine -> its bin directory, or why there is none
+
+
+def engine_bin(engine: str) -> Path | None:
+    """The bin directory of a prepared engine (None: the system's docker.io). Runs the prepare script
+    once per process: idempotent, so it only checks a directory prepared before (.ci/run does that),
+    and otherwise prepares it. Raises DockerHostError with the reason when the engine is unavailable."""
+    if engine == SYSTEM_ENGINE:
+        return None
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    with _engine_lock:
+        if engine not in _engine_bins:
+            _engine_bins[engine] = _prepare(engine)
+        found = _engine_bins[engine]
+    if isinstance(found, str):
+        raise DockerHostError(found)
+    return found
+
+
+def _prepare(engine: str) -> Path | str:
+    script, target = prepare_script(), engines_dir() / engine
+    if not os.access(script, os.X_OK):
+        return f"Docker {engine}: no prepare script at {script} (set DOCKERGUARD_DOCKER_PREPARE)"
+    try:
+        proc = run_command([str(script), engine, str(target)], check=False, timeout=_PREPARE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"Docker {engine}: {script} {engine} {target} took longer than {_PREPARE_TIMEOUT} s"
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        detail = (proc.stderr or proc.stdout).strip() or "(no output)"
+        return f"Docker {engine}: {script} {engine} {target} exited {proc.returncode}: {detail}"
+    bin_dir = Path(lines[-1])
+    missing = [tool for tool in _ENGINE_TOOLS if not os.access(bin_dir / tool, os.X_OK)]
+    if missing:
+        return f"Docker {engine}: {bin_dir} lacks {', '.join(missing)}"
+    return bin_dir
+
+
+# docker-init is not among them: the prepared one links to tini-static, which no extracted package holds,
+# so dockerd skips that dangling link on PATH and runs the system's (REQUIRED_TOOLS); tini is tini.
+_ENGINE_TOOLS = ("dockerd", "docker-proxy", "containerd", "containerd-shim-runc-v2", "runc", "docker")
+
+
+def missing_engine(engine: str) -> str | None:
+    """Why ``engine`` cannot run here, or None."""
+    try:
+        engine_bin(engine)
+    except DockerHostError as error:
+        return str(error)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # The test image: a busybox rootfs imported with `docker import` (no registry needed)
 # ---------------------------------------------------------------------------------------------
 
@@ -295,10 +378,11 @@ class Probe:
     proto: str = "tcp"
     family: int = 4
     timeout: float = 1.0
+    to: str | None = None  # another destination than the host, e.g. a container (see route_to_containers)
 
     @property
     def dst(self) -> str:
-        return HOST_V4 if self.family == 4 else HOST_V6
+        return self.to or (HOST_V4 if self.family == 4 else HOST_V6)
 
     def __str__(self) -> str:
         dst = self.dst if self.family == 4 else f"[{self.dst}]"
@@ -380,16 +464,27 @@ def _proc_stat(pid: int) -> list[str] | None:
 class DockerHost:
     """A Docker host in its own network namespaces; use as a context manager.
 
-    ``flavour`` selects the iptables dockerd uses ("iptables-legacy" or "iptables-nft");
+    ``engine`` is one of ENGINES; ``flavour`` is the firewall dockerd programs: "iptables-legacy" or
+    "iptables-nft" (through the iptables on its PATH), or "nftables" (Docker 29's own backend).
     ``start=False`` builds everything but dockerd (call ``start_daemon()``), e.g. to install a
-    firewall first.
+    firewall first. ``forwarding=False`` leaves IPv4/IPv6 forwarding off in the host namespace, as on a
+    fresh machine (Docker's iptables modes turn it on themselves; nftables mode refuses to start).
     """
 
-    def __init__(self, flavour: str = "iptables-legacy", *, start: bool = True, ready_timeout: float = 20.0) -> None:
-        if flavour not in FLAVOURS:
-            raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    def __init__(self, flavour: str = "iptables-legacy", *, engine: str = SYSTEM_ENGINE, start: bool = True,
+                 forwarding: bool = True, ready_timeout: float = 20.0) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        if flavour not in ENGINE_FIREWALLS[engine]:
+            raise ValueError(f"Docker {engine} has no firewall mode {flavour!r}; expected one of "
+                             f"{ENGINE_FIREWALLS[engine]}")
+        self.engine = engine
+        self.engine_bin = engine_bin(engine)
         self.flavour = flavour
+        # The iptables an admin's shell on this host has; in nftables mode Debian's default (nft).
+        self.iptables_flavour = flavour if flavour in FLAVOURS else "iptables-nft"
         self.autostart = start
+        self.forwarding = forwarding
         self.ready_timeout = ready_timeout
         # "dge" + pid: never matches tests/integration's "dg<pid>-" stale-namespace pattern.
         self.run_id = f"dge{os.getpid()}-{secrets.token_hex(3)}"
@@ -412,11 +507,32 @@ class DockerHost:
         assert self.tmp is not None
         return str(self.tmp / "docker.sock")
 
+    @property
+    def label(self) -> str:
+        """e.g. "docker28-iptables-nft": engine and firewall mode, for messages and test ids."""
+        return f"docker{self.engine}-{self.flavour}"
+
     def _env(self) -> dict[str, str]:
         assert self.tmp is not None
-        # Flavour symlinks first: dockerd runs plain "iptables", "ip6tables", "iptables-save"...
-        path = f"{self.tmp / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        return {"PATH": path, "HOME": str(self.tmp), "LANG": "C.UTF-8"}
+        # Flavour symlinks first: dockerd runs plain "iptables", "ip6tables", "iptables-save"...; then the
+        # engine's own containerd, runc, docker-proxy (dockerd finds them on PATH).
+        engine = f"{self.engine_bin}:" if self.engine_bin else ""
+        path = f"{self.tmp / 'bin'}:{engine}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return {"PATH": path, "HOME": str(self.tmp), "LANG": "C.UTF-8", "XTABLES_LOCKFILE": self.xtables_lock}
+
+    @property
+    def xtables_lock(self) -> str:
+        """This host's xtables lock (see the module docstring); pass it as XTABLES_LOCKFILE to iptables
+        users started outside host_exec."""
+        assert self.tmp is not None
+        return str(self.tmp / "xtables.lock")
+
+    def docker_cli(self) -> str:
+        """The CLI of the same release as dockerd."""
+        cli = str(self.engine_bin / "docker") if self.engine_bin else docker_cli()
+        if cli is None:
+            raise DockerHostError("docker CLI not found")
+        return cli
 
     def netns_path(self, which: str = "host") -> str:
         return netns_path(self.host_ns if which == "host" else self.ext_ns)
@@ -448,7 +564,8 @@ class DockerHost:
             tmp_root = "/var/tmp"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.run_id}-", dir=tmp_root))
         (self.tmp / "bin").mkdir()
-        kind = self.flavour.split("-", 1)[1]
+        Path(self.xtables_lock).touch()
+        kind = self.iptables_flavour.split("-", 1)[1]
         for tool in _IPTABLES_TOOLS:
             for suffix in _IPTABLES_SUFFIXES:
                 target = shutil.which(f"{tool}-{kind}{suffix}")
@@ -480,6 +597,8 @@ class DockerHost:
             "log-level": "info",
             "deprecated-key-path": f"{_PRIVATE}/key.json",  # else dockerd writes /etc/docker/key.json
         }
+        if self.flavour == NFTABLES:
+            daemon["firewall-backend"] = "nftables"
         (self.tmp / "daemon.json").write_text(json.dumps(daemon, indent=2))
         (self.tmp / "containerd.toml").write_text(
             "version = 2\n"
@@ -496,7 +615,7 @@ class DockerHost:
         for ns, forwarding in ((host, True), (ext, False)):
             # No IPv6 duplicate address detection: it delays v6 by ~2 s.
             values = {"net/ipv6/conf/all/accept_dad": "0", "net/ipv6/conf/default/accept_dad": "0"}
-            if forwarding:
+            if forwarding and self.forwarding:
                 values.update({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
             write_sysctls(ns, values)
         # Distinct ifindexes: a veth whose index equals its peer's gets its carrier change batched
@@ -542,7 +661,7 @@ class DockerHost:
 
     def _start_holder(self) -> None:
         argv = ["nsenter", f"--net={self.netns_path('host')}", "unshare", "--mount", "--propagation", "slave",
-                "sh", "-c", _HOLDER_SCRIPT]
+                "sh", "-c", _HOLDER_SCRIPT, "holder", self.xtables_lock]
         self._holder = self._spawn(argv, "holder.log", pipe=True)
         assert self._holder.stdout is not None
         line = readline_until(self._holder.stdout, time.monotonic() + 10)
@@ -734,11 +853,8 @@ class DockerHost:
                input: str | None = None) -> subprocess.CompletedProcess[str]:
         """The docker CLI against this daemon's socket."""
         assert self.tmp is not None
-        cli = docker_cli()
-        if cli is None:
-            raise DockerHostError("docker CLI not found")
         env = {**self._env(), "DOCKER_CONFIG": str(self.tmp / "docker-config")}
-        return run_command([cli, "-H", f"unix://{self.socket_path}", *args], check=check, timeout=timeout,
+        return run_command([self.docker_cli(), "-H", f"unix://{self.socket_path}", *args], check=check, timeout=timeout,
                            input=input, env=env)
 
     def run_web(self, name: str, publish: Iterable[str] = ("8080:80",), *, network: str | None = None,
@@ -786,21 +902,73 @@ class DockerHost:
 
     def host_exec(self, argv: Sequence[str], *, check: bool = True, input: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """``ip netns exec HOST argv``: as an admin's shell on the docker host would run it."""
-        return run_command(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout)
+        """``ip netns exec HOST argv``: as an admin's shell on the docker host would run it (with the host's
+        xtables lock)."""
+        env = {**os.environ, "XTABLES_LOCKFILE": self.xtables_lock}
+        return run_command(["ip", "netns", "exec", self.host_ns, *argv], check=check, input=input, timeout=timeout,
+                           env=env)
 
     def ext_exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60
                  ) -> subprocess.CompletedProcess[str]:
         return run_command(["ip", "netns", "exec", self.ext_ns, *argv], check=check, timeout=timeout)
 
+    def route_to_containers(self) -> None:
+        """Let the external namespace route to the container networks through the host (as a neighbour on
+        the same LAN could), for probes straight to container addresses."""
+        script = [f"route add 192.0.2.0/24 via {HOST_V4}", f"route add {DUAL_STACK_SUBNETS[1]} via {HOST_V6}"]
+        run_command(["ip", "-n", self.ext_ns, "-batch", "-"], input="\n".join(script) + "\n")
+
     def iptables_save(self, family: int = 4, flavour: str | None = None) -> str:
-        """``(ip6)tables-<flavour>-save`` in the host namespace (default: the flavour dockerd uses)."""
-        kind = (flavour or self.flavour).split("-", 1)[1]
+        """``(ip6)tables-<flavour>-save`` in the host namespace (default: the flavour dockerd uses, or in
+        nftables mode the host's default iptables-nft)."""
+        kind = (flavour or self.iptables_flavour).split("-", 1)[1]
         tool = "iptables" if family == 4 else "ip6tables"
         return self.host_exec([f"{tool}-{kind}-save"]).stdout
 
     def nft_ruleset(self) -> str:
         return self.host_exec(["nft", "list", "ruleset"]).stdout
+
+    def docker_tables(self, family: int = 4) -> str:
+        """Docker's own rules for one family: iptables-save of its flavour, or in nftables mode its
+        ``ip``/``ip6 docker-bridges`` table ("" while dockerd has not made it)."""
+        if self.flavour in FLAVOURS:
+            return self.iptables_save(family)
+        proc = self.host_exec(["nft", "list", "table", "ip" if family == 4 else "ip6", "docker-bridges"], check=False)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def dnat_ports(self, family: int = 4) -> set[tuple[str, int]]:
+        """(protocol, host port) pairs Docker DNATs to a container in this family."""
+        text = self.docker_tables(family)
+        if self.flavour in FLAVOURS:
+            found = re.findall(r"-p (tcp|udp) -m \1 --dport (\d+) -j DNAT", text)
+        else:  # nftables: `iifname != "br-..." tcp dport 8080 counter ... dnat to 192.0.2.2:80 comment "DNAT"`
+            found = re.findall(r"\b(tcp|udp) dport (\d+) .*\bdnat\b", text)
+        return {(proto, int(port)) for proto, port in found}
+
+    def docker_info(self) -> dict[str, object]:
+        """The Engine API's /info, as ``docker info --format '{{json .}}'`` prints it."""
+        info: dict[str, object] = json.loads(self.docker("info", "--format", "{{json .}}").stdout)
+        return info
+
+    def proxy_commands(self) -> list[list[str]]:
+        """The argv (from /proc/PID/cmdline) of every docker-proxy this host runs, sorted."""
+        commands = []
+        for proc in self.owned_processes():
+            if proc.comm == "docker-proxy":
+                with contextlib.suppress(OSError):
+                    raw = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+                    commands.append([arg.decode() for arg in raw.split(b"\0") if arg])
+        return sorted(commands)
+
+    def listeners(self, port: int) -> list[tuple[str, str, str]]:
+        """(protocol, local address:port, process) of every socket bound to ``port`` in the host namespace."""
+        out = self.host_exec(["ss", "-Hltunp", f"sport = :{port}"]).stdout
+        found = []
+        for line in out.splitlines():
+            fields = line.split()
+            process = re.search(r'\(\("([^"]+)"', line)
+            found.append((fields[0], fields[4], process.group(1) if process else ""))
+        return sorted(found)
 
     # -- probing from the external namespace -------------------------------------------------
 
