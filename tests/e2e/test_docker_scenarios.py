@@ -376,27 +376,24 @@ def test_recreated_containers_with_new_addresses_are_still_protected(guarded: Gu
     assert guarded.installed() == installed
 
 
-class DockerProxyGap(AssertionError):
-    """The one failure test_ipv6_through_docker_proxy expects; any other failure there is a real one."""
-
-
-@pytest.mark.xfail(strict=True, raises=DockerProxyGap, reason=(
-    "known gap, fix in progress: with the userland proxy (the default) docker-proxy listens on [::]:9191 for "
-    "a container without IPv6; that IPv6 connection ends in the host's INPUT, so neither DOCKER-USER nor a "
-    "forward-hook chain sees it and the port the policy does not allow answers over IPv6"))
 def test_ipv6_through_docker_proxy(case: Case, tmp_path: Path, make_docker_host: Callable[..., DockerHost]) -> None:
     """A container on the IPv4-only default bridge is still published on [::]:PORT by docker-proxy
-    (test_docker_fixture proves that on every engine). A policy that does not allow the port must close
-    it over IPv6 too."""
+    (test_docker_fixture proves that on every engine); that IPv6 connection ends in the host's INPUT, where
+    no FORWARD rule sees it. dockerguard learns the published port (here from the kernel: no Docker API in
+    the policy) and judges that path too: the allowed source gets through over IPv4 and IPv6, another
+    source over neither, and an unpublished host port is left alone."""
     host = make_docker_host(case.flavour, engine=case.engine)
     guard = Guarded(host, case.backend, tmp_path)
     host.run_web("legacy4", publish=["9191:80"])  # default bridge: no IPv6 address
     host.wait_reachable(_patient([Probe(9191), Probe(9191, OTHER_V6, family=6)]))
+    guard.policy.write_text(guard.policy.read_text() + f'\n[[allow]]\nports = [9191]\nproto = "tcp"\n'
+                            f'sources = ["{ADMIN_V4}", "{ADMIN_V6}"]\ncomment = "proxied"\n')
     guard.apply()
-    guard.expect({Probe(9191, OTHER_V4): False})  # IPv4 is DNATed and forwarded: filtered
-    outcome = host.probe_outcome(9191, OTHER_V6, family=6, timeout=0.75)
-    if outcome != "timeout":
-        raise DockerProxyGap(f"{host.label}: IPv6 to port 9191, which the policy does not allow: {outcome}")
+    probes = {Probe(9191, ADMIN_V4): True, Probe(9191, OTHER_V4): False,
+              Probe(9191, ADMIN_V6, family=6): True, Probe(9191, OTHER_V6, family=6): False}
+    guard.expect(probes)
+    assert host.probe_outcome(9191, OTHER_V6, family=6, timeout=0.75) == "timeout", \
+        f"{host.label}: IPv6 through docker-proxy from a source the policy does not allow"
 
 
 class DirectAccessGap(AssertionError):
