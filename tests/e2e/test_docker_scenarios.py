@@ -301,6 +301,28 @@ def test_policy_filters_published_ports(guarded: Guarded) -> None:
     assert "nothing changed" in " ".join(guarded.apply().split())  # second apply: kernel untouched
 
 
+def test_audit_says_who_reaches_each_published_port(guarded: Guarded) -> None:
+    """`dockerguard audit` on a real Docker host: before dockerguard, every published port is OPEN
+    (reachable by anyone, the policy allows fewer) and audit exits 3; after apply, every path of every
+    published port says "ok" and audit exits 0. The report (text) is kept next to the test's files."""
+    guarded.policy.write_text(f'docker_socket = "{guarded.host.socket_path}"\n' + guarded.policy.read_text())
+    policy = str(guarded.policy)
+    before = guarded.cli("audit", "-c", policy, "--backend", guarded.backend, "--json", check=False)
+    assert before.returncode == 3, before.stderr
+    report = json.loads(before.stdout)
+    assert {(r["port"], r["verdict"]) for r in report["reaches"] if r["port"] == 8443} == {(8443, "OPEN")}
+    guarded.apply()
+    after = guarded.cli("audit", "-c", policy, "--backend", guarded.backend, "--json", check=False)
+    assert after.returncode == 0, after.stdout + after.stderr
+    reaches = json.loads(after.stdout)["reaches"]
+    published = {(port, "udp" if proto == "udp" else "tcp") for port, proto in SERVICES.values()}
+    assert published <= {(r["port"], r["proto"]) for r in reaches}, reaches
+    assert {r["verdict"] for r in reaches} == {"ok"}, reaches
+    text = guarded.cli("audit", "-c", policy, "--backend", guarded.backend, check=False)
+    (guarded.state_dir.parent / "audit.txt").write_text(text.stdout)
+    print(f"\n--- dockerguard audit on {guarded.host.label} ---\n{text.stdout}")
+
+
 def test_filtering_survives_dockerd_restarts(guarded: Guarded) -> None:
     """Deployed as recommended (`watch`, e.g. its systemd unit): three dockerd restarts, and each time
     the filter holds, our rules come back exactly once, and Docker's own rules are left as Docker made
@@ -426,14 +448,14 @@ def test_direct_access_to_container_addresses(guarded: Guarded, request: pytest.
 
 def test_host_protection_closes_the_docker_proxy_gap(case: Case, tmp_path: Path,
                                                      make_docker_host: Callable[..., DockerHost]) -> None:
-    """The mitigation for the gap above: a [host] section filters INPUT on the external interface, where
+    """Also with filter_proxy_path off, a [host] section filters INPUT on the external interface, where
     docker-proxy's IPv6 listener is reached, so the port the policy does not allow is closed there too."""
     backend = case.backend
     host = make_docker_host(case.flavour, engine=case.engine)
     guard = Guarded(host, backend, tmp_path)
     host.run_web("legacy4", publish=["9191:80"])
     host.wait_reachable(_patient([Probe(9191), Probe(9191, OTHER_V6, family=6)]))
-    guard.policy.write_text('[[allow]]\nports = [8080]\n[host]\n[[host.allow]]\nports = [22]\n')
+    guard.policy.write_text('filter_proxy_path = false\n[[allow]]\nports = [8080]\n[host]\n[[host.allow]]\nports = [22]\n')
     guard.cli("apply", "-c", str(guard.policy), "--backend", backend, "--no-guard")
     guard.expect({Probe(9191, OTHER_V4): False, Probe(9191, OTHER_V6, family=6): False})
 
