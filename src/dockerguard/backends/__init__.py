@@ -7,9 +7,33 @@ Drivers are imported lazily (`import iptc` alone costs 0.2 s): `DRIVERS` maps a 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .base import Backend, Ban, Exposure, InstalledRule, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+
+if TYPE_CHECKING:
+    from .base import (
+        Backend,
+        Ban,
+        Exposure,
+        InstalledRule,
+        InstalledState,
+        PathFinding,
+        ProbeResult,
+        Rendered,
+        Snapshot,
+    )
+
+# The base classes pull in the rule model (~50 ms): `--help` and `check` only need the names below, so
+# they are attributes loaded on first use (PEP 562).
+_BASE_NAMES = frozenset({"Backend", "Ban", "Exposure", "InstalledRule", "InstalledState", "PathFinding",
+                         "ProbeResult", "Rendered", "Snapshot"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module(".base", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DRIVERS: dict[str, str] = {
     "nft": "dockerguard.backends.nft.driver:NftBackend",
