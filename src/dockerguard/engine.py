@@ -58,7 +58,7 @@ from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .net import AddressError, Network, parse_network
-from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
+from .policy import DEFAULT_DOCKER_SOCKET, MAX_SOURCES_FILE, Policy, load_policy, read_bounded, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
@@ -356,6 +356,11 @@ class Engine:
                 return None
             if source_digest(path.read_bytes()) != known["policy"]:
                 return None
+            # The same policy names the same list files (sources_file, ...): their bytes must be the same too.
+            for listed, digest in known.get("files", ()):
+                if source_digest(read_bounded(listed, MAX_SOURCES_FILE)) != digest:
+                    record("fast path", f"not taken: {listed} changed since the last apply")
+                    return None
             facts = known["facts"]
             requested = self._requested if self._requested is not None else facts["backend"]
             backend = self._backend_for_record(requested, known["backend"], str(facts["docker_socket"]))
@@ -406,6 +411,7 @@ class Engine:
                  "uses_networks": uses_networks}
         self.state.write_installed({
             "backend": backend.name, "policy": policy.source_digest, "facts": facts, "ruleset": ruleset.digest,
+            "files": [[os.path.abspath(listed), digest] for listed, digest in policy.source_files],
             "inputs": _inputs_digest(self._containers if policy.uses_containers else None,
                                      self.discovery.ports if policy.filter_proxy_path else None,
                                      self._networks if uses_networks else None),
