@@ -224,7 +224,8 @@ def test_unconfirmed_apply_is_rolled_back_even_when_the_cli_is_killed(ns: Netns)
 
 def test_confirm_in_time_keeps_the_new_ruleset(ns: Netns) -> None:
     ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
-    applied = ns.cli("apply", "-c", ns.policy(POLICY_B, "b"), "--backend", "nft", "--confirm", "3")
+    # 10 s: a loaded CI machine needs seconds for the processes between apply and confirm.
+    applied = ns.cli("apply", "-c", ns.policy(POLICY_B, "b"), "--backend", "nft", "--confirm", "10")
     assert "run `dockerguard confirm` before" in applied.stdout
     new = ns.listing()
     pids = ns.timer_pids() or [0]
