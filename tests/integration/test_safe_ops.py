@@ -420,7 +420,8 @@ def test_a_planted_state_dir_never_reaches_the_kernel(ns: Netns) -> None:
     (state / "pending" / f"{token}.json").chmod(0o600)
     applied = ns.cli("apply", "-c", ns.policy(POLICY_A), "--backend", "nft")
     assert "names table inet pwned, not inet dockerguard: refusing to restore it" in " ".join(applied.stderr.split())
-    assert ns.run("nft", "list", "tables").stdout.split() == ["table", "inet", "dockerguard"]
+    assert sorted(ns.run("nft", "list", "tables").stdout.splitlines()) == ["table inet dockerguard",
+                                                                         "table inet dockerguard_bans"]
 
 
 def test_a_planted_iptables_snapshot_is_refused(ns: Netns) -> None:
@@ -446,7 +447,7 @@ def test_remove_with_an_unusable_state_dir_still_removes(ns: Netns) -> None:
     assert ns.listing() is not None
     ns.state_dir.chmod(0o777)
     removed = ns.cli("remove", "--backend", "nft")
-    assert "removed dockerguard rules (nft)" in removed.stdout
+    assert "removed dockerguard's rules (nft)" in removed.stdout
     assert "warning: removing without recording it" in removed.stderr and str(ns.state_dir) in removed.stderr
     assert ns.listing() is None
     ns.state_dir.chmod(0o700)
