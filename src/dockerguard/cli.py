@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .backends import BACKEND_CHOICES, check_backend_name
@@ -35,7 +36,29 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
+_GLOBAL_FLAGS = ("-v", "--verbose")
+
+
+class _Group(TyperGroup):
+    """Global flags (-v/--verbose) are accepted after the subcommand too: `dockerguard apply -v -c p.toml`
+    is `dockerguard -v apply -c p.toml`. Nothing after `--` moves."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            head, tail = args[:cut], args[cut:]
+        else:
+            head, tail = list(args), []
+        command = next((index for index, arg in enumerate(head) if not arg.startswith("-")), None)
+        if command is not None:
+            moved = [arg for arg in head[command + 1:] if arg in _GLOBAL_FLAGS]
+            rest = [arg for arg in head[command + 1:] if arg not in _GLOBAL_FLAGS]
+            head = moved + head[:command + 1] + rest
+        return super().parse_args(ctx, head + tail)
+
+
 app = typer.Typer(
+    cls=_Group,
     help="One declarative firewall policy for Docker-published ports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -81,7 +104,10 @@ def _grid(**kwargs: Any) -> Table:
 
     return Table.grid(**kwargs)
 
-PolicyOption = typer.Option(DEFAULT_POLICY, "--config", "-c", help="Policy file (TOML).")
+PolicyOption = typer.Option(None, "--config", "-c", show_default=False,
+                            help=f"Policy file (TOML; default {DEFAULT_POLICY}); or give it as POLICY.")
+PolicyArgument = typer.Argument(None, metavar="[POLICY]", show_default=False,
+                                help="Policy file (TOML); the same as -c POLICY.")
 BackendOption = typer.Option(
     None, "--backend", "-b", help=f"Override the policy's backend: {', '.join(BACKEND_CHOICES)}."
 )
@@ -118,6 +144,15 @@ def _show_steps(steps: Sequence[Step]) -> None:
             err.print(f"  {step.action}: {step.detail} ({step.seconds * 1000:.1f} ms)", soft_wrap=True)
 
 
+def _policy_path(positional: Optional[str], option: Optional[str], default: Optional[str] = DEFAULT_POLICY
+                 ) -> Optional[str]:
+    """The policy named as POLICY or -c POLICY (both: only if the same file), else `default`."""
+    if positional is not None and option is not None and os.path.normpath(positional) != os.path.normpath(option):
+        raise typer.BadParameter(f"two different policies: {positional!r} and -c {option!r}; give one",
+                                 param_hint="POLICY / -c")
+    return positional or option or default
+
+
 def _clock(timestamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
@@ -127,8 +162,9 @@ def _when(timestamp: float) -> str:
 
 
 @app.command()
-def check(policy: str = typer.Argument(DEFAULT_POLICY, help="Policy file (TOML).")) -> None:
+def check(positional: Optional[str] = PolicyArgument, config: Optional[str] = PolicyOption) -> None:
     """Validate a policy file; changes nothing."""
+    policy = str(_policy_path(positional, config))
     loaded = load_policy(policy)
     # print(), not the rich console: `check` runs in scripts and editors' save hooks; rich costs 40 ms.
     print(f"{policy}: OK ({len(loaded.allow)} allow entries, {len(loaded.sets)} sets, "
@@ -136,21 +172,25 @@ def check(policy: str = typer.Argument(DEFAULT_POLICY, help="Policy file (TOML).
 
 
 @app.command()
-def plan(config: str = PolicyOption, backend: Optional[str] = BackendOption) -> None:
+def plan(positional: Optional[str] = PolicyArgument, config: Optional[str] = PolicyOption,
+         backend: Optional[str] = BackendOption) -> None:
     """Print exactly what apply would send to the kernel; changes nothing, needs no root."""
+    config = str(_policy_path(positional, config))
     rendered = _engine(backend).render(load_policy(config))
     sys.stdout.write(rendered.text if rendered.text.endswith("\n") else rendered.text + "\n")
 
 
 @app.command()
 def diff(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when apply would change something."),
     state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Show what apply would change (+ add, - remove): hooks, rules, set elements. Empty when nothing."""
+    config = str(_policy_path(positional, config))
     result = _engine(backend, state_dir=state_dir).diff(load_policy(config))
     if as_json:
         _print_json({"backend": result.backend, "changed": result.changed,
@@ -164,7 +204,8 @@ def diff(
 
 @app.command()
 def apply(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     confirm: Optional[float] = typer.Option(
         None, "--confirm", metavar="SECONDS",
@@ -181,6 +222,7 @@ def apply(
 
     When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
     (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
+    config = str(_policy_path(positional, config))
     engine = _engine(backend, state_dir=state_dir)
     result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard)
     _show_steps(result.steps)
@@ -248,6 +290,8 @@ def rollback(backend: Optional[str] = BackendOption, state_dir: Optional[str] = 
 
 @app.command()
 def status(
+    positional: Optional[str] = typer.Argument(None, metavar="[POLICY]", show_default=False,
+                                               help="Also report drift from this policy (the same as -c)."),
     backend: Optional[str] = BackendOption,
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Also report drift from this policy."),
     as_json: bool = JsonOption,
@@ -255,6 +299,7 @@ def status(
 ) -> None:
     """Show the backend, whether our hook runs first, the rules with counters, drift and pending
     confirmation. Exit 3 on drift from -c POLICY."""
+    config = _policy_path(positional, config, default=None)
     policy = load_policy(config) if config else None
     result = _engine(backend, state_dir=state_dir).status(policy)
     if as_json:
@@ -315,12 +360,14 @@ def _print_status(result: Status) -> None:
 
 @app.command()
 def audit(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Who can reach each published port now, per family and path (forwarded / docker-proxy), against what
     the policy allows. Exit 3 when a port is open to more sources than the policy allows."""
+    config = str(_policy_path(positional, config))
     report = _engine(backend).audit(load_policy(config))
     if as_json:
         _print_json({"backend": report.backend, "in_sync": report.in_sync, "open": len(report.open),
@@ -464,7 +511,8 @@ def backends(
 
 @app.command()
 def watch(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     interval: float = typer.Option(5.0, "--interval", min=0.2, help="Seconds between drift checks."),
     docker_socket: Optional[str] = typer.Option(
@@ -474,6 +522,7 @@ def watch(
     """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
 
     Runs until SIGTERM or Ctrl-C; logs what it did to stderr."""
+    config = str(_policy_path(positional, config))
     import logging
     import signal
     import threading
@@ -496,13 +545,15 @@ def watch(
 @app.command()
 def export(
     fmt: str = typer.Option(..., "--format", "-f", help="iptables-restore, ipset, nft or systemd."),
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),
     watch: bool = typer.Option(False, "--watch", help="systemd: a service running `dockerguard watch`."),
 ) -> None:
     """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that applies
     the policy at boot before Docker starts (--watch: the unit running `dockerguard watch`)."""
+    config = str(_policy_path(positional, config))
     from .export import FORMATS, export_text
 
     if fmt not in FORMATS:
