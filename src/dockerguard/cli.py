@@ -850,7 +850,8 @@ def main() -> None:
         _show_steps(exc.steps)
         from rich.text import Text
 
-        err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
+        for line in str(exc).split("\n"):  # a policy with several mistakes: one line each
+            err.print(Text.assemble(("error:", "red"), f" {line}"), soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

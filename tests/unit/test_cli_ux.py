@@ -85,3 +85,66 @@ def test_verbose_is_accepted_after_the_subcommand(fake: FakeBackend, policy: str
         assert " ms)" in result.output  # the --verbose step timings
     quiet = runner.invoke(cli.app, ["apply", policy])
     assert " ms)" not in quiet.output
+
+
+BAD_POLICY = '''backend = "nftables"
+extrnal_interfaces = ["eth0"]
+
+[sets]
+office = ["203.0.113.0/24"]
+
+[[allow]]
+port = [80]
+sources = ["198.51.100.0/24"]
+
+[[allow]]
+ports = [70000]
+proto = "tpc"
+sources = ["@offce"]
+
+[[deny]]
+sources = ["203.0.113.300"]
+'''
+
+
+def test_every_policy_mistake_at_once_with_did_you_mean(tmp_path: Path) -> None:
+    from dockerguard.errors import PolicyError
+    from dockerguard.policy import parse_policy
+
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(BAD_POLICY, "bad.toml")
+    found = [(error.line, error.key) for error in caught.value.errors]
+    assert found == [(1, "backend"), (2, "extrnal_interfaces"), (7, "allow[1]"), (8, "allow[1].port"),
+                     (12, "allow[2].ports"), (13, "allow[2].proto"), (14, "allow[2].sources"),
+                     (17, "deny[1].sources")]
+    messages = [error.message for error in caught.value.errors]
+    assert "did you mean 'iptables-nft'?" in messages[0]
+    assert "did you mean 'external_interfaces'?" in messages[1]
+    assert "did you mean 'ports'?" in messages[3]
+    assert "did you mean 'tcp'?" in messages[5]
+    assert "did you mean '@office'?" in messages[6]
+    assert all(error.file == "bad.toml" for error in caught.value.errors)
+
+
+def test_one_mistake_is_one_error_as_before() -> None:
+    from dockerguard.errors import PolicyError
+    from dockerguard.policy import parse_policy
+
+    with pytest.raises(PolicyError) as caught:
+        parse_policy('[[allow]]\nports = [80]\nsources = ["203.0.113.300"]\n', "one.toml")
+    assert len(caught.value.errors) == 1
+    assert str(caught.value) == "one.toml:3: [allow[1].sources] invalid address or CIDR '203.0.113.300'"
+
+
+def test_check_prints_one_line_per_mistake_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_POLICY)
+    result = subprocess.run([sys.executable, "-m", "dockerguard", "check", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 8 and all(line.startswith(f"error: {path}:") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
