@@ -153,6 +153,34 @@ def _policy_path(positional: Optional[str], option: Optional[str], default: Opti
     return positional or option or default
 
 
+def _warn(lines: Sequence[str]) -> None:
+    """Warnings on stderr, one `warning: ...` line each (plain print: `check` does not load rich)."""
+    sys.stdout.flush()
+    sys.stderr.write("".join(f"warning: {line}\n" for line in lines))
+    sys.stderr.flush()
+
+
+def _policy_warnings(policy: Any) -> None:
+    from .lint import policy_warnings
+
+    _warn(policy_warnings(policy))
+
+
+def _docker_warnings(engine: Engine, policy: Any, applied: bool) -> None:
+    """Container entries compiled without Docker (it did not answer): what they will select, and when."""
+    if engine.docker_problem is None:
+        return
+    selectors = [str(entry.containers) for entry in policy.allow if entry.containers is not None]
+    selectors += [str(entry.containers) if entry.containers is not None else f"networks {', '.join(entry.networks)}"
+                  for entry in policy.egress if entry.containers is not None or entry.networks]
+    if applied:
+        _warn([f"Docker not reachable ({engine.docker_problem}): {'; '.join(selectors)}: select no containers "
+               "now (closed); `dockerguard watch` applies again when Docker answers"])
+    else:
+        _warn([f"{selector}: resolved from Docker when applied; Docker not reachable at {policy.docker_socket} "
+               "now" for selector in selectors])
+
+
 def _clock(timestamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
@@ -169,6 +197,7 @@ def check(positional: Optional[str] = PolicyArgument, config: Optional[str] = Po
     # print(), not the rich console: `check` runs in scripts and editors' save hooks; rich costs 40 ms.
     print(f"{policy}: OK ({len(loaded.allow)} allow entries, {len(loaded.sets)} sets, "
           f"backend {loaded.backend}, default {loaded.default})")
+    _policy_warnings(loaded)
 
 
 @app.command()
@@ -176,7 +205,11 @@ def plan(positional: Optional[str] = PolicyArgument, config: Optional[str] = Pol
          backend: Optional[str] = BackendOption) -> None:
     """Print exactly what apply would send to the kernel; changes nothing, needs no root."""
     config = str(_policy_path(positional, config))
-    rendered = _engine(backend).render(load_policy(config))
+    policy = load_policy(config)
+    _policy_warnings(policy)
+    engine = _engine(backend)
+    rendered = engine.render(policy)
+    _docker_warnings(engine, policy, applied=False)
     sys.stdout.write(rendered.text if rendered.text.endswith("\n") else rendered.text + "\n")
 
 
@@ -223,8 +256,11 @@ def apply(
     When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
     (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
     config = str(_policy_path(positional, config))
+    policy = load_policy(config)  # the same file apply_file reads: its warnings first
+    _policy_warnings(policy)
     engine = _engine(backend, state_dir=state_dir)
     result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard)
+    _docker_warnings(engine, policy, applied=True)
     _show_steps(result.steps)
     if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")

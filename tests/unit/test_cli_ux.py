@@ -148,3 +148,92 @@ def test_check_prints_one_line_per_mistake_and_exits_2(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 8 and all(line.startswith(f"error: {path}:") for line in lines), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- warnings ------------------------------------------------------------------------------------------
+def test_lint_warns_about_missing_interfaces_and_policies_that_allow_everything_or_nothing() -> None:
+    from dockerguard.lint import policy_warnings
+    from dockerguard.policy import parse_policy
+
+    policy = parse_policy('external_interfaces = ["eth0", "dg-absent0", "veth*"]\n'
+                          '[[allow]]\nports = ["1-1000", "900-65535"]\ncomment = "all"\n'
+                          '[[allow]]\nports = [443]\n')
+    warnings = policy_warnings(policy, interfaces=lambda: {"lo", "eth0"})
+    assert warnings == [
+        "external interface 'dg-absent0' does not exist on this host (network namespace): nothing entering "
+        "through it is judged until it appears",
+        "no interface matches external interface 'veth*' on this host: nothing is judged until one appears",
+        "allow entry 1 (all) lets anyone reach every published tcp port: the policy filters nothing there"]
+    closed = parse_policy('external_interfaces = ["lo"]\n')
+    assert policy_warnings(closed) == [  # the real lookup: lo is in every network namespace
+        "no [[allow]] entry and default drop: every published port is closed to everyone from outside"]
+    partial = parse_policy('external_interfaces = ["lo"]\n[[allow]]\nports = ["1-65535"]\n'
+                           'sources = ["198.51.100.0/24"]\n')
+    assert policy_warnings(partial) == []
+
+
+def test_check_plan_and_apply_print_warnings_on_stderr_and_succeed(fake: FakeBackend, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.toml"
+    path.write_text('external_interfaces = ["dg-absent0"]\n')
+    result = subprocess.run([sys.executable, "-m", "dockerguard", "check", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        "warning: external interface 'dg-absent0' does not exist on this host (network namespace): nothing "
+        "entering through it is judged until it appears",
+        "warning: no [[allow]] entry and default drop: every published port is closed to everyone from outside"]
+    assert "warning" not in result.stdout
+    for command in ("plan", "apply"):
+        # CliRunner mixes stderr into output
+        outcome = runner.invoke(cli.app, [command, str(path)])
+        assert outcome.exit_code == 0, outcome.output
+        assert "warning: external interface 'dg-absent0' does not exist" in outcome.output
+
+
+# -- container entries without Docker ------------------------------------------------------------------
+def container_policy(tmp_path: Path) -> Path:
+    path = tmp_path / "containers.toml"
+    path.write_text(f'external_interfaces = ["lo"]\ndocker_socket = "{tmp_path}/absent.sock"\n'
+                    '[[allow]]\ncontainer = "web"\n[[allow]]\nports = [443]\n')
+    return path
+
+
+def test_plan_of_container_entries_without_docker_says_what_it_would_resolve(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = container_policy(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "dockerguard", "plan", str(path), "-b", "nft"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: container web: resolved from Docker when applied; Docker not reachable at "
+        f"{tmp_path}/absent.sock now"]
+    assert '"nftables"' in result.stdout
+
+
+def test_apply_without_docker_closes_container_entries_and_warns(fake: FakeBackend, tmp_path: Path) -> None:
+    from dockerguard.state import StateDir
+
+    path = container_policy(tmp_path)
+    result = runner.invoke(cli.app, ["apply", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: Docker not reachable (cannot reach Docker at" in result.output
+    assert "container web: select no containers now (closed); `dockerguard watch` applies again" in result.output
+    installed = fake.installed()
+    assert installed is not None
+    allowed = " ".join(rule.description for rule in installed.rules)
+    assert "443" in allowed  # the plain entry is in place
+    assert StateDir(None).installed_record() is None  # the next apply looks at Docker again
+
+
+def test_apply_without_docker_over_installed_rules_fails_and_keeps_them(fake: FakeBackend, tmp_path: Path) -> None:
+    path = container_policy(tmp_path)
+    assert runner.invoke(cli.app, ["apply", str(path)]).exit_code == 0  # at boot: nothing was installed
+    before = fake.installed()
+    again = runner.invoke(cli.app, ["apply", str(path)])  # rules in place: Docker must answer to change them
+    assert "cannot reach Docker" in str(again.exception)  # main() prints it and exits 1
+    assert fake.installed() == before
