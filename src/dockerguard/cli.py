@@ -564,9 +564,15 @@ def watch(
     import threading
 
     from .docker import DockerClient
+    from .systemd import JournalFormatter, Notifier, journal_stderr
     from .watch import Watcher
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    journal = journal_stderr()  # run by systemd: journald takes the priority from a <N> prefix
+    handler.setFormatter(JournalFormatter("%(message)s") if journal else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    notifier = Notifier()
     policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
@@ -574,8 +580,13 @@ def watch(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    err.print(f"watching {config} (Docker API {socket_path}, drift check every {interval:g} s)")
-    Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config).run(stop)
+    logging.getLogger("dockerguard").info("watching %s (Docker API %s, drift check every %g s)%s", config,
+                                          socket_path, interval, "; systemd notified" if notifier.enabled else "")
+    try:
+        Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config,
+                on_check=notifier.checked).run(stop)
+    finally:
+        notifier.stopping()
 
 
 @app.command()
