@@ -333,8 +333,19 @@ def status(
     as_json: bool = JsonOption,
     state_dir: Optional[str] = StateDirOption,
 ) -> None:
-    """Show the backend, whether our hook runs first, the rules with counters, drift and pending
-    confirmation. Exit 3 on drift from -c POLICY."""
+    """Show the backend, whether our hook runs first, one row per policy entry with its counters, what each
+    path's default dropped, drift and pending confirmation. Exit 3 on drift from POLICY.
+
+    The entries are those of POLICY, else of the policy file the last apply used. A row's packets and bytes
+    are its rules'; "shared" marks rules that serve other entries too (an nft set of many entries' pairs).
+    The rules themselves, with counters, follow with --verbose or when there are no rows.
+
+    --json prints one object (keys stay; new ones may be added): backend, installed {backend, hooks,
+    rules [{chain, description, packets, bytes}], sets}, in_sync (null without POLICY), detection, path
+    [{level, message}], diff, pending, interrupted, history [{number, backend, timestamp, action,
+    policy_digest}], last_rollback, state_dir, state_error, policy_path, entries [{section (allow, deny,
+    host), number, entry, ports, proto, sources, limits, packets, bytes (null: not installed), shared,
+    published ["8080/tcp"]}], drops [{path (forward, docker-proxy, host), verdict, packets, bytes}]."""
     config = _policy_path(positional, config, default=None)
     policy = load_policy(config) if config else None
     result = _engine(backend, state_dir=state_dir).status(policy)
@@ -383,15 +394,56 @@ def _print_status(result: Status) -> None:
         grid.add_row("policy", _text("in sync", style="green") if not result.diff.changed else _text(
             f"DRIFT: {len(result.diff.changes)} differences from the policy (+ apply would add, - remove)",
             style="red"))
-    out.print(grid)
-    if result.installed is not None:
+    if result.policy_path is not None:
+        grid.add_row("entries", f"of {result.policy_path}")
+    for drops in result.drops:
+        grid.add_row("dropped" if drops is result.drops[0] else "",
+                     f"{drops.path}: {drops.packets} packets, {_size(drops.bytes)} by the default {drops.verdict}")
+    _print_wide(grid)
+    if result.entries:
+        table = _table("entry", "ports", "proto", "sources", "limits", "packets", "bytes", "published")
+        for row in result.entries:
+            counted = row.packets is not None
+            table.add_row(f"{row.section} {row.number}" + (f": {row.entry}" if row.entry != f"{row.section} "
+                                                                                   f"{row.number}" else ""),
+                          row.ports, row.proto, row.sources, row.limits,
+                          (str(row.packets) + (" shared" if row.shared else "")) if counted else "-",
+                          _size(row.bytes) if row.bytes is not None else "-", ", ".join(row.published))
+        _print_wide(table)
+    if result.installed is not None and (not result.entries or _options["verbose"]):
         table = _table("chain", "rule", "packets", "bytes")
         for rule in result.installed.rules:
             table.add_row(rule.chain, rule.description, str(rule.packets), str(rule.bytes))
-        out.print(table)
+        _print_wide(table)
     if result.diff is not None:
         for change in result.diff.changes:
             out.print(_text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _print_wide(renderable: Any) -> None:
+    """On a terminal as wide as it is; elsewhere (a pipe, a file) never wrapped nor cut: one line per row."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    import io
+
+    from rich.console import Console
+
+    if getattr(renderable, "box", None) is not None:
+        renderable.box = None  # plain columns: no box-drawing characters for grep and awk
+        renderable.pad_edge = False
+    text = io.StringIO()
+    Console(file=text, width=100_000, highlight=False, markup=False, color_system=None).print(
+        renderable, crop=False, overflow="ignore", no_wrap=True)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in text.getvalue().splitlines()))
 
 
 @app.command()

@@ -55,6 +55,7 @@ from .errors import (
     TransactionError,
     UsageError,
 )
+from .glance import EntryRow, PathDrops, entry_rows, path_drops
 from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
@@ -143,6 +144,11 @@ class Status:
     last_rollback: dict[str, Any] | None = None
     state_dir: str = ""
     state_error: str | None = None  # the kernel part is still reported when the state dir is unreadable
+    # at a glance (glance.py): per policy entry and per path's default; from `policy_path` (the policy
+    # given, else the one the last apply recorded, when it still loads)
+    policy_path: str | None = None
+    entries: tuple[EntryRow, ...] = ()
+    drops: tuple[PathDrops, ...] = ()
 
 
 class _Recorder:
@@ -627,9 +633,23 @@ class Engine:
         backend.ensure_available()
         installed = backend.installed()
         diff = None
+        ruleset = None
+        glance = policy
         if policy is not None:
-            diff = diff_states(backend.name, installed, backend.expected(self.compile(policy)))
-        state: dict[str, Any] = {"state_dir": str(self.state.path)}
+            ruleset = self.compile(policy)
+            diff = diff_states(backend.name, installed, backend.expected(ruleset))
+        elif installed is not None:
+            glance = self._recorded_policy()
+            try:
+                ruleset = None if glance is None else self.compile(glance, without_docker=True)
+            except DockerguardError:
+                glance = None
+        rows: dict[str, Any] = {}
+        if glance is not None and ruleset is not None and installed is not None:
+            counters = backend.counters(ruleset, installed)
+            rows = {"policy_path": glance.path, "drops": path_drops(counters, glance),
+                    "entries": entry_rows(glance, ruleset, counters, self.discovery.ports)}
+        state: dict[str, Any] = {"state_dir": str(self.state.path), **rows}
         try:
             found = self.state.pending()
             state.update(
@@ -642,6 +662,14 @@ class Engine:
             state["state_error"] = str(exc)
         return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
                       backend.path_report(), diff, **state)
+
+    def _recorded_policy(self) -> Policy | None:
+        """The policy file of the newest recorded apply, if it is still there and loads."""
+        try:
+            applied = [entry for entry in self.state.history() if entry.action == "apply" and entry.policy_path]
+            return load_policy(str(applied[-1].policy_path)) if applied else None
+        except (DockerguardError, OSError):
+            return None
 
     def audit(self, policy: Policy) -> AuditReport:
         """Who can reach each published port under the installed rules, against what `policy` allows."""

@@ -4,6 +4,7 @@ with the fake backend; nothing here needs root."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,98 @@ def test_apply_without_docker_over_installed_rules_fails_and_keeps_them(fake: Fa
     again = runner.invoke(cli.app, ["apply", str(path)])  # rules in place: Docker must answer to change them
     assert "cannot reach Docker" in str(again.exception)  # main() prints it and exits 1
     assert fake.installed() == before
+
+
+# -- status at a glance --------------------------------------------------------------------------------
+GLANCE = '''external_interfaces = ["lo"]
+[sets]
+office = ["203.0.113.0/24", "2001:db8:1::/48"]
+[[allow]]
+ports = [80, 443]
+comment = "public web"
+[[allow]]
+ports = [8443]
+sources = ["@office"]
+comment = "admin tools, with a comment long enough to wrap any eighty column terminal window for sure"
+[[allow]]
+ports = [22]
+sources = ["198.51.100.7"]
+limit = "10/minute"
+[[deny]]
+sources = ["192.0.2.0/24"]
+[host]
+[[host.allow]]
+ports = [22]
+sources = ["@office"]
+'''
+
+STATUS_KEYS = {"backend", "installed", "in_sync", "detection", "path", "diff", "pending", "interrupted", "history",
+               "last_rollback", "state_dir", "state_error", "policy_path", "entries", "drops"}
+ENTRY_KEYS = {"section", "number", "entry", "ports", "proto", "sources", "limits", "packets", "bytes", "shared",
+              "published"}
+
+
+@pytest.fixture
+def nft(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from dockerguard.backends.nft.driver import NftBackend
+    from dockerguard.backends.nft.fake_kernel import FakeNftKernel
+    from dockerguard.published import Discovery
+
+    kernel = FakeNftKernel()
+
+    def engine(name: str | None, **options: Any) -> Engine:
+        options.pop("state_dir", None)
+        return Engine(NftBackend(kernel), timer_launcher=lambda state_dir, token: 4242,
+                      discover=lambda containers: Discovery(frozenset({("tcp", 443), ("tcp", 8443)})), **options)
+
+    monkeypatch.setattr(cli, "_engine", engine)
+    return kernel
+
+
+def count(kernel: Any, comment: str, packets: int) -> None:
+    for rules in kernel.tables[("inet", "dockerguard")].rules.values():
+        for rule in rules:
+            if rule.get("comment") == comment:
+                next(s for s in rule["expr"] if "counter" in s)["counter"] = {"packets": packets, "bytes": packets * 60}
+
+
+def test_status_json_has_one_row_per_entry_and_the_drops_per_path(nft: Any, tmp_path: Path) -> None:
+    policy = tmp_path / "glance.toml"
+    policy.write_text(GLANCE)
+    assert invoke("apply", str(policy), "--no-guard").exit_code == 0
+    count(nft, "default drop", 7)
+    count(nft, "allow tcp ipv4 group 1", 5)  # the limited entry's own rule (a group of its own)
+    data = json.loads(invoke("status", "--json").output)  # no POLICY: the one the last apply used
+    assert set(data) == STATUS_KEYS
+    assert data["policy_path"] == str(policy)
+    assert all(set(row) == ENTRY_KEYS for row in data["entries"])
+    rows = {(row["section"], row["number"]): row for row in data["entries"]}
+    assert list(rows) == [("allow", 1), ("allow", 2), ("allow", 3), ("deny", 1), ("host", 1)]
+    web, admin, ssh = rows[("allow", 1)], rows[("allow", 2)], rows[("allow", 3)]
+    assert (web["entry"], web["ports"], web["sources"], web["published"]) == ("public web", "80,443", "any",
+                                                                               ["443/tcp"])
+    assert (admin["sources"], admin["published"]) == ("@office (2 networks)", ["8443/tcp"])
+    assert (ssh["entry"], ssh["limits"], ssh["packets"], ssh["bytes"], ssh["shared"]) == (
+        "allow 3", "10/minute burst 5", 5 * 2, 600, False)  # FORWARD's and PROXY's rule
+    assert web["shared"] is True  # the (source . port) pair set serves web and admin tools
+    assert rows[("deny", 1)]["packets"] == 0 and rows[("host", 1)]["packets"] == 0
+    assert {drop["path"]: drop["packets"] for drop in data["drops"]} == {"forward": 7, "docker-proxy": 7,
+                                                                         "host": 7}
+
+
+def test_status_text_is_one_line_per_row_when_not_a_terminal(nft: Any, tmp_path: Path) -> None:
+    policy = tmp_path / "glance.toml"
+    policy.write_text(GLANCE)
+    invoke("apply", str(policy), "--no-guard")
+    result = runner.invoke(cli.app, ["status", str(policy)], env={"COLUMNS": "40"}, catch_exceptions=False)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    admin = [line for line in lines if line.startswith("allow 2: admin tools")]
+    assert len(admin) == 1 and "eighty column terminal window for sure" in admin[0]
+    assert "@office (2 networks)" in admin[0] and "8443/tcp" in admin[0]
+    assert any(line.startswith("dropped") and "forward: 0 packets" in line for line in lines)
+    assert not any(line != line.rstrip() for line in lines)
+    assert "─" not in result.output
+    assert not any(line.split()[:1] == ["chain"] for line in lines)  # the rules table only with --verbose
+    verbose = runner.invoke(cli.app, ["status", "-v", str(policy)], catch_exceptions=False).output.splitlines()
+    assert any(line.split()[:2] == ["chain", "rule"] for line in verbose)
