@@ -37,6 +37,10 @@ def policy_warnings(policy: Policy, interfaces: Callable[[], set[str]] = interfa
     if not policy.allow:
         warnings.append(f"no [[allow]] entry and default {policy.default}: every published port is closed to "
                         "everyone from outside")
+    if policy.host is not None and not policy.host.allow:
+        passes = "established connections" + (" and ping" if policy.host.icmp_echo else "")
+        warnings.append(f"[host] without [[host.allow]] and default {policy.host.default}: from outside, only "
+                        f"{passes} reach the host itself (no SSH)")
     return warnings
 
 

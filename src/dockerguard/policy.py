@@ -526,21 +526,25 @@ class _Validator:
         networks = entry.get("networks", [])
         if not isinstance(networks, list) or not all(isinstance(n, str) and _NETWORK_NAME.match(n) for n in networks):
             raise self.fail((*base, "networks"), 'expected a list of Docker network names, e.g. ["backend"]')
-        containers = self._containers(entry, base) if any(key in entry for key in ("container", "labels")) else None
-        ports = self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else ()
+        containers = (self.attempt(None, self._containers, entry, base)
+                      if any(key in entry for key in ("container", "labels")) else None)
+        ports = self.attempt((), self._ports, entry["ports"], (*base, "ports")) if "ports" in entry else ()
         proto = entry.get("proto", "tcp" if ports else None)
         if proto is not None and proto not in PROTOCOLS:
             raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
-        if "proto" in entry and not ports:
+        if "proto" in entry and "ports" not in entry:
             raise self.fail((*base, "proto"), "proto narrows 'ports'; without ports every protocol matches")
-        destinations = (self._sources(entry.get("destinations", ["any"]), (*base, "destinations"), set_names)
+        destinations = (self.attempt((), self._sources, entry.get("destinations", ["any"]), (*base, "destinations"),
+                                     set_names)
                         if "destinations_file" not in entry else
-                        self._entry_sources({"sources_file": entry["destinations_file"],
-                                             **({"sources": entry["destinations"]} if "destinations" in entry else {})},
-                                            base, set_names))
-        sources = self._sources(entry["sources"], (*base, "sources"), set_names) if "sources" in entry else ()
+                        self.attempt((), self._entry_sources, {
+                            "sources_file": entry["destinations_file"],
+                            **({"sources": entry["destinations"]} if "destinations" in entry else {})},
+                            base, set_names))
+        sources = (self.attempt((), self._sources, entry["sources"], (*base, "sources"), set_names)
+                   if "sources" in entry else ())
         return Egress(destinations, str(action), containers, tuple(networks), sources, ports, proto,
-                      self._comment(entry, base))
+                      self.attempt("", self._comment, entry, base))
 
     def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")

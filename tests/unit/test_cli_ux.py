@@ -171,6 +171,10 @@ def test_lint_warns_about_missing_interfaces_and_policies_that_allow_everything_
     partial = parse_policy('external_interfaces = ["lo"]\n[[allow]]\nports = ["1-65535"]\n'
                            'sources = ["198.51.100.0/24"]\n')
     assert policy_warnings(partial) == []
+    sealed = parse_policy('external_interfaces = ["lo"]\n[[allow]]\nports = [443]\n[host]\nicmp_echo = false\n')
+    assert policy_warnings(sealed) == [
+        "[host] without [[host.allow]] and default drop: from outside, only established connections reach the "
+        "host itself (no SSH)"]
 
 
 def test_check_plan_and_apply_print_warnings_on_stderr_and_succeed(fake: FakeBackend, tmp_path: Path) -> None:
@@ -333,3 +337,13 @@ def test_status_text_is_one_line_per_row_when_not_a_terminal(nft: Any, tmp_path:
     assert not any(line.split()[:1] == ["chain"] for line in lines)  # the rules table only with --verbose
     verbose = runner.invoke(cli.app, ["status", "-v", str(policy)], catch_exceptions=False).output.splitlines()
     assert any(line.split()[:2] == ["chain", "rule"] for line in verbose)
+
+
+def test_egress_entries_report_each_mistake_too() -> None:
+    from dockerguard.errors import PolicyError
+    from dockerguard.policy import parse_policy
+
+    with pytest.raises(PolicyError) as caught:
+        parse_policy('[[egress]]\ndestinations = ["203.0.113.300"]\nports = [0]\ncomment = 5\n', "e.toml")
+    assert [error.key for error in caught.value.errors] == ["egress[1].destinations", "egress[1].ports",
+                                                            "egress[1].comment"]
