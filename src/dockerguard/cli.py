@@ -609,7 +609,9 @@ def watch(
 ) -> None:
     """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
 
-    Runs until SIGTERM or Ctrl-C; logs what it did to stderr."""
+    Runs until SIGTERM or Ctrl-C; logs what it did to stderr. Run by systemd (Type=notify): READY=1 once the
+    policy is in place, STATUS= when it changes, WATCHDOG=1 after every check; log lines carry journald's
+    priority prefixes (<3> error, <4> warning, <6> info) when stderr is the journal."""
     config = str(_policy_path(positional, config))
     import logging
     import signal

@@ -72,8 +72,8 @@ class Watcher:
                 log.info("  %s", resolution.describe())
         else:
             log.debug("%s: rules in place (ruleset %s)", reason, result.digest)
-        self.on_check(True, f"ruleset {result.digest} in place ({result.backend}); {self.stats.reconciles} checks, "
-                            f"{self.stats.repairs} repairs, {self.stats.failures} failures")
+        self.on_check(True, f"ruleset {result.digest} in place ({result.backend}); since start {self.stats.repairs} "
+                            f"repairs, {self.stats.failures} failures")
         return True
 
     def run(self, stop: threading.Event, *, until: float | None = None) -> WatchStats:
