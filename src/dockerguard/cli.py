@@ -478,7 +478,7 @@ def _print_audit(report: AuditReport) -> None:
         table.add_row(f"{reach.port}/{reach.proto}", f"ipv{reach.family.value}", reach.path,
                       _who(reach.reachable) + (f" ({reach.note})" if reach.note else ""), _who(reach.allowed),
                       _text(reach.verdict, style=style))
-    out.print(table)
+    _print_wide(table)
     if not report.reaches:
         out.print("no published ports found (evidence below)")
     for proto, port in report.unmentioned:
@@ -591,7 +591,7 @@ def backends(
     for probe in probes:
         facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key in ("commit", "ipsets"))
         table.add_row(probe.backend, "yes" if probe.available else _text("no", style="red"), probe.reason + facts)
-    out.print(table)
+    _print_wide(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
     for key, value in decision["evidence"].items():
         out.print(f"  {key}: {value}", soft_wrap=True)
