@@ -64,10 +64,11 @@ def _egress_rules(policy: Policy, resolved: tuple[ResolvedEgress, ...]) -> tuple
 def _deny_rules(policy: Policy) -> tuple[DenyRule, ...]:
     """One rule per entry and address family, sources resolved and collapsed."""
     rules: list[DenyRule] = []
-    for entry in policy.deny:
+    for index, entry in enumerate(policy.deny):
         ports = _merge_ports(entry.ports)
         for family, networks in _by_family(collapse(_resolve_sources(policy, entry.sources))):
-            rules.append(DenyRule(family, networks, ports, entry.proto, Verdict(entry.action), entry.comment))
+            rules.append(DenyRule(family, networks, ports, entry.proto, Verdict(entry.action), entry.comment,
+                                  index))
     return tuple(rules)
 
 
@@ -87,11 +88,11 @@ def _published(ports: Iterable[tuple[str, int]]) -> tuple[tuple[str, tuple[PortR
 def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule, ...]:
     """One rule per entry and address family, sources resolved and collapsed, ports merged."""
     rules: list[AllowRule] = []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         ports = _merge_ports(entry.ports)
         for family, networks in _by_family(collapse(_resolve_sources(policy, entry.sources))):
             rules.append(AllowRule(family, entry.proto, networks, ports, entry.comment, entry.limit,
-                                   entry.max_connections))
+                                   entry.max_connections, index))
     return tuple(rules)
 
 

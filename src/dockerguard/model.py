@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union
 
@@ -77,6 +77,9 @@ class AllowRule:
     comment: str
     limit: Limit | None = None  # new connections per source
     max_connections: int | None = None  # open connections per source
+    # The policy entry it came from (index in its [[allow]] / [[host.allow]] list), for metrics and trace;
+    # left out of comparisons and repr, so the ruleset digest stays what it was.
+    entry: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def limited(self) -> bool:
@@ -94,6 +97,7 @@ class DenyRule:
     proto: str | None
     verdict: Verdict
     comment: str
+    entry: int | None = field(default=None, compare=False, repr=False)  # index in [[deny]], as AllowRule's
 
 
 @dataclass(frozen=True)

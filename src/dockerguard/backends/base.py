@@ -103,6 +103,35 @@ class Ban:
     expires_in: int | None = None
 
 
+# What a rule does for the policy (RuleOrigin.kind).
+RULE_KINDS = ("allow", "limit", "deny", "default", "ban", "established", "dispatch", "hook", "log", "egress", "other")
+
+
+@dataclass(frozen=True)
+class RuleOrigin:
+    """Which part of the ruleset an installed rule renders: `kind` (RULE_KINDS), the `role` of its chain,
+    its `family` (None: both, as nft's inet chains), and the indexes of the AllowRules (in `Ruleset.allows`,
+    or `HostRules.allows` on the HOST role) or DenyRules (`Ruleset.denies`) it carries. A rule carrying
+    several allows (an nft set, an ipset group) counts for all of them together."""
+
+    kind: str
+    role: Role | None = None
+    family: Family | None = None
+    allows: tuple[int, ...] = ()
+    denies: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleCounter:
+    """One installed rule (as `InstalledState` names it) with its counters and its origin."""
+
+    chain: str
+    rule: str
+    origin: RuleOrigin
+    packets: int
+    bytes: int
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Enough to put a driver's objects back exactly as they were; `data` is JSON-serialisable."""
@@ -208,6 +237,35 @@ class Backend(ABC):
             return ()
         return tuple(PathFinding("info", hook) for hook in installed.hooks)
 
+    def origins(self, ruleset: Ruleset) -> dict[tuple[str, str], RuleOrigin]:
+        """(chain, description) of each rule `expected(ruleset)` lists -> its origin; drivers that can tell
+        override this (the default knows nothing: `counters` then guesses from the text)."""
+        return {}
+
+    def chain_role(self, chain: str) -> tuple[Role | None, Family | None]:
+        """The role (and family) of one of our chains as InstalledState names it; (None, None): not known."""
+        return None, None
+
+    def counters(self, ruleset: Ruleset | None = None, installed: InstalledState | None = None
+                 ) -> tuple[RuleCounter, ...]:
+        """Every installed rule of ours with its packet and byte counters, attributed to the pieces of
+        `ruleset` (the policy's, compiled) where the rule is one `expected(ruleset)` lists; without a
+        ruleset, or for a rule the ruleset does not explain (drift), by its chain and text alone.
+        `installed`: a state just read (else it is read here)."""
+        if installed is None:
+            installed = self.installed()
+        if installed is None:
+            return ()
+        known = self.origins(ruleset) if ruleset is not None else {}
+        found = []
+        for rule in installed.rules:
+            origin = known.get((rule.chain, rule.description))
+            if origin is None:
+                role, family = self.chain_role(rule.chain)
+                origin = RuleOrigin(guess_kind(rule.description), role, family)
+            found.append(RuleCounter(rule.chain, rule.description, origin, rule.packets, rule.bytes))
+        return tuple(found)
+
     def availability(self) -> ProbeResult:
         """`probe()` for this instance (a driver talking to a fake kernel probes that instead)."""
         return self.probe()
@@ -216,3 +274,14 @@ class Backend(ABC):
         result = self.availability()
         if not result.available:
             raise BackendUnavailable(f"backend {self.name!r} is not usable here: {result.reason}")
+
+
+def guess_kind(description: str) -> str:
+    """A rule's kind from its text alone (every driver writes these words into its comments)."""
+    text = description.lower()
+    for word, kind in (("default", "default"), ("banned", "ban"), ("established", "established"),
+                       ("judge ", "hook"), ("log", "log"), ("egress", "egress"), ("published", "dispatch"),
+                       ("everything else", "dispatch")):
+        if word in text:
+            return kind
+    return "other"

@@ -12,9 +12,19 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import TransactionError
-from ..model import Allows, Default, LogDrops, Piece, Role, Ruleset
+from ..model import Allows, Default, Denies, Family, LogDrops, Piece, Role, Ruleset
 from ..net import Network
-from .base import Backend, Ban, InstalledRule, InstalledState, ProbeResult, Rendered, Snapshot
+from .base import (
+    Backend,
+    Ban,
+    InstalledRule,
+    InstalledState,
+    ProbeResult,
+    Rendered,
+    RuleOrigin,
+    Snapshot,
+    guess_kind,
+)
 
 _SNAKE = re.compile(r"(?<=[a-z])(?=[A-Z])")
 CHAIN = {Role.FORWARD: "external", Role.INPUT: "inbound", Role.PROXY: "proxy", Role.HOST: "host"}
@@ -66,6 +76,32 @@ class FakeBackend(Backend):
 
     def is_host_chain(self, chain: str) -> bool:
         return chain == CHAIN[Role.HOST]
+
+    def origins(self, ruleset: Ruleset) -> dict[tuple[str, str], RuleOrigin]:
+        """By position: one line per AllowRule, in order; one line for all denies."""
+        found = {}
+        for chain in ruleset.chains:
+            for piece in chain.pieces:
+                lines = _describe(piece)
+                for index, line in enumerate(lines):
+                    key = (CHAIN[chain.role], line)
+                    if isinstance(piece, Allows):
+                        found[key] = RuleOrigin("allow", chain.role, piece.rules[index].family, allows=(index,))
+                    elif isinstance(piece, Denies):
+                        found[key] = RuleOrigin("deny", chain.role, denies=tuple(range(len(piece.rules))))
+                    else:
+                        found[key] = RuleOrigin(guess_kind(line), chain.role)
+        return found
+
+    def chain_role(self, chain: str) -> tuple[Role | None, Family | None]:
+        return next((role for role, name in CHAIN.items() if name == chain), None), None
+
+    def count(self, chain: str, prefix: str, packets: int, octets: int) -> None:
+        """Tests: set the counters of the installed rules of `chain` whose text starts with `prefix`."""
+        assert self.kernel is not None
+        self.kernel = replace(self.kernel, rules=tuple(
+            replace(rule, packets=packets, bytes=octets) if rule.chain == chain and rule.description.startswith(prefix)
+            else rule for rule in self.kernel.rules))
 
     def apply(self, rendered: Rendered) -> None:
         if self.fail_next_apply:

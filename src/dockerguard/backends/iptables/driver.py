@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...errors import StateError, TransactionError
-from ...model import Family, Ruleset
+from ...model import Family, Role, Ruleset
 from ...net import Network
-from ..base import Backend, Ban, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ..base import (
+    Backend,
+    Ban,
+    Exposure,
+    InstalledState,
+    PathFinding,
+    ProbeResult,
+    Rendered,
+    RuleOrigin,
+    Snapshot,
+)
 from ..common import find_tool, iptables_binary, run_tool, tool_complaint
 from . import ipsets, rules
 from .rules import Layout
@@ -185,6 +195,12 @@ class IptablesDriver(Backend):
 
     def is_host_chain(self, chain: str) -> bool:
         return chain.split()[-1] == rules.HOST_CHAIN  # rules read "ipv4 DOCKERGUARD-HOST"
+
+    def origins(self, ruleset: Ruleset) -> dict[tuple[str, str], RuleOrigin]:
+        return rules.origins(ruleset, self._use_ipsets())
+
+    def chain_role(self, chain: str) -> tuple[Role | None, Family | None]:
+        return rules.chain_role(chain)
 
     def render(self, ruleset: Ruleset) -> Rendered:
         assumed, note = self._assumed()

@@ -54,7 +54,7 @@ from ...model import (
     Verdict,
 )
 from ...net import PROTOCOLS, AddressError, Limit, Network, PortRange, network_of
-from ..base import Exposure, InstalledRule, InstalledState, Span
+from ..base import Exposure, InstalledRule, InstalledState, RuleOrigin, Span
 from ..common import COMMENT, IPTABLES_CHAIN, IPTABLES_ENTRY, LOG_PREFIX
 from . import ipsets
 
@@ -864,3 +864,62 @@ def _unconditional_refusal(spec: str) -> bool:
 def _port_span(text: str) -> tuple[int, int]:
     first, _, last = text.partition(":")
     return int(first), int(last or first)
+
+
+# -- which piece each of our rules renders (Backend.origins) ---------------------------------------
+_KIND = {Established: "established", NeighbourDiscovery: "other", IcmpEcho: "other", LogDrops: "log",
+         Default: "default", ToProxy: "dispatch", ToHost: "dispatch", Egress: "egress", Bans: "ban"}
+_ROLE_OF_CHAIN = {name: role for role, name in IPTABLES_CHAIN.items()}
+
+
+def chain_role(chain: str) -> tuple[Role | None, Family | None]:
+    """"ipv4 DOCKERGUARD" -> (Role.FORWARD, Family.IPV4)."""
+    label, _, name = chain.partition(" ")
+    family = next((family for family in Family if family_label(family) == label), None)
+    return _ROLE_OF_CHAIN.get(name), family
+
+
+def origins(ruleset: Ruleset, use_ipsets: bool = False) -> dict[tuple[str, str], RuleOrigin]:
+    """Keyed like `state()` names rules: ("ipv4 DOCKERGUARD", canonical spec). Each deny and allow is
+    rendered alone too, so a spec is attributed to the entries whose own rules it is; a spec no single
+    allow renders is an ipset group's, carried by every allow of that group."""
+    found: dict[tuple[str, str], RuleOrigin] = {}
+    for family in Family:
+        ctx = Context(family, use_ipsets)
+        for chain in ruleset.chains:
+            name = f"{family_label(family)} {IPTABLES_CHAIN[chain.role]}"
+            for piece in chain.pieces:
+                specs = [canonical(spec) for spec in _PIECES[type(piece)](piece, chain, ctx)]
+                if isinstance(piece, Denies):
+                    for index, deny in enumerate(piece.rules):
+                        for spec in denies(Denies((deny,), piece.port), chain, ctx):
+                            found[(name, canonical(spec))] = RuleOrigin("deny", chain.role, family, denies=(index,))
+                elif isinstance(piece, Allows):
+                    found.update(_allow_origins(piece, chain, ctx, name, specs))
+                else:
+                    found.update({(name, spec): RuleOrigin(_KIND.get(type(piece), "other"), chain.role, family)
+                                  for spec in specs})
+    return found
+
+
+def _allow_origins(piece: Allows, chain: Chain, ctx: Context, name: str,
+                   specs: list[str]) -> dict[tuple[str, str], RuleOrigin]:
+    alone = Context(ctx.family)  # without ipsets: one allow's own rules
+    owners: dict[str, list[int]] = {}
+    for index, allow in enumerate(piece.rules):
+        if allow.family is not ctx.family:
+            continue
+        for spec in allows(Allows((allow,), piece.port, piece.over_limit), chain, alone):
+            owners.setdefault(canonical(spec), []).append(index)
+    groups = {ipsets.set_name(ctx.family, group.sources): (group.ports, proto, group.limit, group.max_connections)
+              for proto in PROTOCOLS for group in piece.factored(ctx.family, proto)[0]} if ctx.ipsets else {}
+    found = {}
+    for spec in specs:
+        members = owners.get(spec)
+        if members is None:  # an ipset group's rule
+            key = next((key for set_name, key in groups.items() if f"--match-set {set_name} " in spec), None)
+            members = [index for index, allow in enumerate(piece.rules) if allow.family is ctx.family
+                       and (allow.ports, allow.proto, allow.limit, allow.max_connections) == key]
+        kind = "limit" if "--hashlimit-above" in spec or "--connlimit-above" in spec else "allow"
+        found[(name, spec)] = RuleOrigin(kind, chain.role, ctx.family, allows=tuple(members))
+    return found

@@ -12,7 +12,17 @@ from typing import Any
 from ...errors import DockerguardError, StateError, TransactionError
 from ...model import AllowRule, Family, Role, Ruleset, Verdict
 from ...net import Network, PortRange, parse_network
-from ..base import Backend, Ban, Exposure, InstalledState, PathFinding, ProbeResult, Rendered, Snapshot
+from ..base import (
+    Backend,
+    Ban,
+    Exposure,
+    InstalledState,
+    PathFinding,
+    ProbeResult,
+    Rendered,
+    RuleOrigin,
+    Snapshot,
+)
 from ..common import NFT_BANS_TABLE, NFT_CHAIN, NFT_SET_PREFIX, NFT_TABLE
 from .libnft import Libnftables, NftClient, metainfo_version, version_tuple
 from .readback import dynamic_set, element_texts, exposure_of, path_findings, state_of
@@ -167,6 +177,16 @@ class NftBackend(Backend):
 
     def is_host_chain(self, chain: str) -> bool:
         return chain == NFT_CHAIN[Role.HOST]
+
+    def origins(self, ruleset: Ruleset) -> dict[tuple[str, str], RuleOrigin]:
+        from .origins import origins
+
+        return origins(ruleset)
+
+    def chain_role(self, chain: str) -> tuple[Role | None, Family | None]:
+        from .origins import chain_role
+
+        return chain_role(chain)
 
     def is_host_set(self, name: str) -> bool:
         return name.startswith(f"{NFT_SET_PREFIX[Role.HOST]}_")
