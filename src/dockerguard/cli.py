@@ -314,6 +314,34 @@ def _print_status(result: Status) -> None:
 
 
 @app.command()
+def metrics(
+    backend: Optional[str] = BackendOption,
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="Attribute counters to this policy's entries; report drift and which "
+                                     "published ports its allows cover."),
+    textfile: Optional[str] = typer.Option(
+        None, "--textfile", metavar="PATH",
+        help="Write to PATH (temporary file renamed into place: node_exporter's textfile collector) instead of "
+             "stdout."),
+    state_dir: Optional[str] = StateDirOption,
+) -> None:
+    """Prometheus text exposition of the installed rules' counters: per policy entry, the defaults' drops per
+    path, every rule; with -c also drift and published ports; the ban sets' size, the last apply."""
+    from . import metrics as exposition  # prometheus_client loads only here
+
+    report = _engine(backend, state_dir=state_dir).metrics(load_policy(config) if config else None)
+    for note in report.notes:
+        _notice(f"note: {note}")
+    if textfile is None:
+        sys.stdout.write(exposition.exposition(report))
+        return
+    try:
+        exposition.write_textfile(report, textfile)
+    except OSError as exc:
+        raise UsageError(f"cannot write {textfile}: {exc}") from None
+
+
+@app.command()
 def audit(
     config: str = PolicyOption,
     backend: Optional[str] = BackendOption,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import published
 from . import state as state_module
@@ -60,6 +60,9 @@ from .model import Ruleset
 from .net import AddressError, Network, parse_network
 from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+
+if TYPE_CHECKING:
+    from .metrics import MetricsReport
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
 HOST_GUARD_SECONDS = 120.0
@@ -632,6 +635,38 @@ class Engine:
         installed = backend.installed()
         return audit(backend.name, ruleset, backend.exposure(installed), self.discovery,
                      in_sync=installed == backend.expected(ruleset), path=backend.path_report())
+
+    def metrics(self, policy: Policy | None = None) -> MetricsReport:
+        """The installed rules' counters (attributed to `policy`'s entries when given), drift from it, which
+        published ports its allows cover, the ban sets' size and the newest recorded apply (`dockerguard
+        metrics`). Reads only."""
+        from .metrics import MetricsReport
+
+        backend, _ = self.backend(policy)
+        backend.ensure_available()
+        notes: list[str] = []
+        ruleset, published_ports, drift = None, None, None
+        installed = backend.installed()
+        if policy is not None:
+            ruleset = self.compile(policy)
+            if not policy.filter_proxy_path:  # compile did not look for them
+                self.discovery = self._discover(
+                    lambda: (self._docker or DockerClient(policy.docker_socket)).containers())
+            published_ports = frozenset(self.discovery.ports)
+            drift = installed != backend.expected(ruleset)
+        banned = None
+        try:
+            banned = len(backend.bans()) if installed is not None else None
+        except DockerguardError as exc:  # no ban sets with this backend or ruleset
+            notes.append(f"ban sets: {exc}")
+        last_apply = None
+        try:
+            applies = [entry.timestamp for entry in self.state.history() if entry.action == "apply"]
+            last_apply = max(applies) if applies else None
+        except StateError as exc:
+            notes.append(f"history: {exc}")
+        return MetricsReport(backend.name, backend.counters(ruleset, installed), installed is not None, ruleset,
+                             published_ports, drift, last_apply, banned, tuple(notes))
 
     def remove(self) -> tuple[str, ...]:
         """Delete everything dockerguard installed: with the backend asked for, or, when none was, with every
