@@ -341,6 +341,58 @@ def metrics(
         raise UsageError(f"cannot write {textfile}: {exc}") from None
 
 
+@app.command("trace")
+def trace_command(
+    source: str = typer.Argument(..., metavar="SRC", help="The client's address (IPv4 or IPv6)."),
+    port: int = typer.Argument(..., metavar="DPORT", help="The host port it connects to (the published port)."),
+    proto: str = typer.Option("tcp", "--proto", help="tcp or udp."),
+    path: str = typer.Option("forward", "--path",
+                             help="forward: to a container through a published port; input: addressed to the host "
+                                  "(docker-proxy's path, [host])."),
+    interface: Optional[str] = typer.Option(None, "--interface", "-i", help="The interface it enters (default: an "
+                                                                             "external one)."),
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Which rule of the policy decides a new connection from SRC to DPORT: walks the compiled rules in the
+    order every backend installs them (bans, denies, allows, default) and prints the deciding one."""
+    from .net import PROTOCOLS, AddressError, parse_network
+    from .trace import PATHS, Connection
+
+    try:
+        address = parse_network(source)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    if address.prefixlen != address.max_prefixlen:
+        raise UsageError(f"SRC must be one address, not the network {source}")
+    if proto not in PROTOCOLS:
+        raise UsageError(f"--proto must be one of {', '.join(PROTOCOLS)}, not {proto!r}")
+    if path not in PATHS:
+        raise UsageError(f"--path must be one of {', '.join(PATHS)}, not {path!r}")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"DPORT must be 1-65535, not {port}")
+    decision = _engine(backend).trace(load_policy(config), Connection(address, port, proto, path, interface))
+    if as_json:
+        _print_json({"source": source, "port": port, "proto": proto, "path": path, "interface": interface,
+                     **asdict(decision)})
+        return
+    where = f" (chain {decision.role})" if decision.role else ""
+    entry = f"{decision.section}[{decision.entry}]" if decision.section is not None else decision.kind
+    comment = f" \"{decision.comment}\"" if decision.comment else ""
+    out.print(f"{source} -> {port}/{proto} ({path}): {decision.verdict.upper()}", soft_wrap=True)
+    out.print(f"decided by {entry}{comment}: {decision.rule}{where}", soft_wrap=True)
+    for other in decision.also:
+        out.print(f"also matching (not reached): {other}", soft_wrap=True)
+    if decision.steps:
+        table = _table("chain", "kind", "rule", "matches", "verdict")
+        for step in decision.steps:
+            table.add_row(step.role, step.kind, step.rule, "yes" if step.matched else "no", step.verdict or "")
+        out.print(table)
+    for note in decision.notes:
+        out.print(f"note: {note}", soft_wrap=True)
+
+
 @app.command()
 def audit(
     config: str = PolicyOption,

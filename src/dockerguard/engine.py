@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -63,6 +63,7 @@ from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_tim
 
 if TYPE_CHECKING:
     from .metrics import MetricsReport
+    from .trace import Connection, Decision
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
 HOST_GUARD_SECONDS = 120.0
@@ -667,6 +668,31 @@ class Engine:
             notes.append(f"history: {exc}")
         return MetricsReport(backend.name, backend.counters(ruleset, installed), installed is not None, ruleset,
                              published_ports, drift, last_apply, banned, tuple(notes))
+
+    def trace(self, policy: Policy, connection: Connection) -> Decision:
+        """Which rule of `policy` (compiled) decides a new `connection`; notes whether the installed rules
+        are that policy's, and checks the ban sets when the backend can read them. Changes nothing."""
+        from .trace import trace
+
+        ruleset = self.compile(policy)
+        backend, _ = self.backend(policy)
+        notes: list[str] = []
+        banned: tuple[Network, ...] = ()
+        try:
+            backend.ensure_available()
+            installed = backend.installed()
+            if installed is None:
+                notes.append(f"nothing of dockerguard is installed ({backend.name}): this is what the policy "
+                             "would decide once applied")
+            elif installed != backend.expected(ruleset):
+                notes.append(f"the installed rules ({backend.name}) differ from the policy: this is what the policy "
+                             "decides once applied (see `dockerguard diff`)")
+            if ruleset.bans and installed is not None:
+                banned = tuple(parse_network(ban.network) for ban in backend.bans())
+        except DockerguardError as exc:
+            notes.append(f"the installed rules were not read ({exc}): this is what the policy decides")
+        decision = trace(ruleset, connection, banned)
+        return replace(decision, notes=(*decision.notes, *notes))
 
     def remove(self) -> tuple[str, ...]:
         """Delete everything dockerguard installed: with the backend asked for, or, when none was, with every
