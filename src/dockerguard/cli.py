@@ -351,6 +351,10 @@ def trace_command(
                                   "(docker-proxy's path, [host])."),
     interface: Optional[str] = typer.Option(None, "--interface", "-i", help="The interface it enters (default: an "
                                                                              "external one)."),
+    live: Optional[float] = typer.Option(
+        None, "--live", metavar="SECONDS",
+        help="nft backend: also watch the kernel trace such packets for SECONDS (nft monitor trace; a temporary "
+             "rule in dockerguard's own table marks them, removed afterwards). Send the connection meanwhile."),
     config: str = PolicyOption,
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
@@ -372,10 +376,17 @@ def trace_command(
         raise UsageError(f"--path must be one of {', '.join(PATHS)}, not {path!r}")
     if not 1 <= port <= 65535:
         raise UsageError(f"DPORT must be 1-65535, not {port}")
-    decision = _engine(backend).trace(load_policy(config), Connection(address, port, proto, path, interface))
+    engine = _engine(backend)
+    policy = load_policy(config)
+    connection = Connection(address, port, proto, path, interface)
+    decision = engine.trace(policy, connection)
+    events: tuple[Any, ...] = ()
+    if live is not None:
+        _notice(f"tracing packets from {source} to {port}/{proto} for {live:g} s: send the connection now")
+        events = engine.live_trace(policy, connection, live)
     if as_json:
         _print_json({"source": source, "port": port, "proto": proto, "path": path, "interface": interface,
-                     **asdict(decision)})
+                     **asdict(decision), **({"live": [asdict(event) for event in events]} if live is not None else {})})
         return
     where = f" (chain {decision.role})" if decision.role else ""
     entry = f"{decision.section}[{decision.entry}]" if decision.section is not None else decision.kind
@@ -391,6 +402,23 @@ def trace_command(
         out.print(table)
     for note in decision.notes:
         out.print(f"note: {note}", soft_wrap=True)
+    if live is not None:
+        _print_live(events)
+
+
+def _print_live(events: Sequence[Any]) -> None:
+    """Per traced packet, the rules of ours it met and the verdict of the last one; others' rules dimmed."""
+    if not events:
+        out.print("live: no matching packet was traced", soft_wrap=True)
+        return
+    packets: dict[str, list[Any]] = {}
+    for event in events:
+        packets.setdefault(event.trace, []).append(event)
+    for number, (trace_id, seen) in enumerate(packets.items(), start=1):
+        out.print(f"live packet {number} (trace id {trace_id}):", soft_wrap=True)
+        for event in seen:
+            out.print(f"  {event.table} {event.chain}: {event.rule} -> {event.verdict}",
+                      style="" if event.ours else "dim", soft_wrap=True)
 
 
 @app.command()

@@ -694,6 +694,17 @@ class Engine:
         decision = trace(ruleset, connection, banned)
         return replace(decision, notes=(*decision.notes, *notes))
 
+    def live_trace(self, policy: Policy, connection: Connection, seconds: float) -> tuple[Any, ...]:
+        """The kernel's trace of matching packets for `seconds` (nft only; see backends.nft.live). The
+        temporary rule comes and goes under the ruleset lock; the watch in between does not hold it."""
+        backend, _ = self.backend(policy)
+        backend.ensure_available()
+        if connection.interface is not None:
+            raise UsageError("--live traces packets on every external interface: leave out --interface")
+        return backend.live_trace(connection.source, connection.proto, connection.port, connection.path, seconds,
+                                  lambda: ruleset_lock("dockerguard trace --live", state_module.LOCK_TIMEOUT,
+                                                       self._notify))
+
     def remove(self) -> tuple[str, ...]:
         """Delete everything dockerguard installed: with the backend asked for, or, when none was, with every
         backend that holds objects of ours. Returns the backends removed from (empty: nothing was there).

@@ -4,6 +4,8 @@ is what a probe of it gets (accept: connected; reject: refused)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +59,30 @@ def test_trace_says_what_packets_get(host: Host) -> None:
                          f"{decision['kind']} {decision['comment']!r}, the probe got {result.outcome}")
     assert not wrong, "\n".join(wrong)
     host.cli("remove", "--backend", host.backend)
+
+
+@pytest.mark.skipif("nft" not in DRIVERS, reason="the nft backend is not built in")
+def test_live_trace_shows_the_rules_a_real_packet_meets(tmp_path: Path) -> None:
+    with Topology(flavour="iptables-nft") as topo:
+        guarded = Host(topo, "nft", tmp_path)
+        guarded.apply(POLICY.format(default="reject"))
+        policy = str(tmp_path / "policy.toml")
+        shown: list[str] = []
+        probe = ext(4, 10, 8080)
+        watcher = threading.Thread(target=lambda: shown.append(guarded.cli(
+            "trace", str(probe.src), "8080", "--live", "4", "-c", policy, "--backend", "nft", "--json").stdout))
+        watcher.start()
+        time.sleep(2.0)  # the command compiles, starts the monitor and adds its rule first
+        blocked = ext(4, 10, 9000)  # another port: not traced
+        results = topo.probe_results([probe, blocked])
+        watcher.join(timeout=60)
+        assert not watcher.is_alive()
+        assert [result.outcome for result in results] == ["open", "refused"]
+        live = json.loads(shown[0])["live"]
+        ours = [(event["chain"], event["rule"], event["verdict"]) for event in live if event["ours"]]
+        assert ("external", "allow tcp ipv4", "accept") in ours, live
+        assert not any("9000" in event["rule"] for event in live)
+        # the temporary rule is gone again: our table is exactly the policy's
+        assert "dockerguard trace" not in topo.nft_ruleset()
+        guarded.cli("status", "-c", policy, "--backend", "nft")  # exit 3 on drift
+        guarded.cli("remove", "--backend", "nft")
