@@ -165,3 +165,79 @@ def test_command_text(runner_policy: Path) -> None:
 def test_command_refuses_bad_input(runner_policy: Path, args: list[str]) -> None:
     result = CliRunner().invoke(cli.app, ["trace", *args, "-c", str(runner_policy)])
     assert isinstance(result.exception, cli.UsageError) or result.exit_code == 2
+
+
+# -- --live (nft): parsing nft monitor trace, the temporary rule --------------------------------------
+MONITOR = """\
+trace id d51df3f2 inet dockerguard forward packet: iif "eth0" oif "br0" ip saddr 198.51.100.10 tcp dport 80
+trace id d51df3f2 inet dockerguard forward unknown rule handle 32 (verdict continue)
+trace id d51df3f2 inet dockerguard forward rule iifname "eth0" counter packets 18 bytes 1064 jump external \
+comment "judge forwarded traffic entering external interfaces" (verdict jump external)
+trace id d51df3f2 inet dockerguard external rule meta l4proto tcp ip saddr . ct original proto-dst @allow_v4_tcp \
+counter packets 3 bytes 180 accept comment "allow tcp ipv4" (verdict accept)
+trace id d51df3f2 ip filter DOCKER rule iifname != "br0" oifname "br0" ip daddr 192.0.2.2 tcp dport 80 counter \
+packets 2 bytes 120 accept (verdict accept)
+trace id d51df3f2 ip nat POSTROUTING policy accept
+trace id 0badcafe inet dockerguard_bans bans_forward rule iifname "eth0" ip saddr @bans_v4 counter packets 1 \
+bytes 60 drop comment "banned ipv4" (verdict drop)
+"""
+
+
+def test_monitor_output_is_read_rule_by_rule() -> None:
+    from dockerguard.backends.nft.live import TraceEvent, parse_monitor
+
+    assert parse_monitor(MONITOR) == (
+        TraceEvent("d51df3f2", "inet dockerguard", "forward", "judge forwarded traffic entering external interfaces",
+                   "jump external", True),
+        TraceEvent("d51df3f2", "inet dockerguard", "external", "allow tcp ipv4", "accept", True),
+        TraceEvent("d51df3f2", "ip filter", "DOCKER", 'iifname != "br0" oifname "br0" ip daddr 192.0.2.2 tcp dport 80 '
+                   "accept", "accept", False),
+        TraceEvent("d51df3f2", "ip nat", "POSTROUTING", "(chain policy)", "accept", False),
+        TraceEvent("0badcafe", "inet dockerguard_bans", "bans_forward", "banned ipv4", "drop", True),
+    )
+
+
+def test_the_temporary_rule_marks_only_the_connection_asked_about() -> None:
+    from dockerguard.backends.nft.live import TRACE_COMMENT, trace_rule
+
+    rule = trace_rule(parse_network("2001:db8:100::10"), "udp", 5353, "forward")
+    assert (rule["table"], rule["chain"], rule["comment"]) == ("dockerguard", "forward", TRACE_COMMENT)
+    assert rule["expr"][0]["match"]["right"] == "2001:db8:100::10"
+    assert rule["expr"][0]["match"]["left"] == {"payload": {"protocol": "ip6", "field": "saddr"}}
+    assert rule["expr"][2]["match"]["left"] == {"ct": {"key": "proto-dst", "dir": "original"}}  # before DNAT
+    assert trace_rule(parse_network("198.51.100.10"), "tcp", 22, "input")["expr"][2]["match"]["left"] == {
+        "payload": {"protocol": "tcp", "field": "dport"}}
+    assert rule["expr"][-1] == {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
+
+
+def test_the_temporary_rule_is_deleted_and_nothing_else(tmp_path: Path) -> None:
+    from dockerguard.backends.nft.driver import NftBackend
+    from dockerguard.backends.nft.fake_kernel import FakeNftKernel
+    from dockerguard.backends.nft.live import _delete_trace_rules, trace_rule
+
+    kernel = FakeNftKernel()
+    backend = NftBackend(client=kernel)
+    engine = Engine(backend, state_dir=tmp_path / "state",
+                    discover=lambda containers: published.Discovery(frozenset(PUBLISHED)))
+    engine.apply(parse_policy(POLICY), guard=False)
+    before = backend.installed()
+    assert kernel.json_cmd({"nftables": [{"insert": {"rule": trace_rule(parse_network("198.51.100.10"), "tcp", 80,
+                                                                     "forward")}}]})[0] == 0
+    marked = backend.installed()
+    assert marked is not None and before is not None
+    assert marked.rules[0].description == "dockerguard trace (temporary) -> mangle"  # first in its chain
+    _delete_trace_rules(kernel, "forward")
+    assert backend.installed() == before
+
+
+def test_live_is_bounded_and_only_for_nft(tmp_path: Path) -> None:
+    from dockerguard.backends.nft.fake_kernel import FakeNftKernel
+    from dockerguard.backends.nft.live import watch
+    from dockerguard.errors import UsageError
+
+    with pytest.raises(UsageError, match="seconds"):
+        watch(FakeNftKernel(), parse_network("198.51.100.10"), "tcp", 80, "forward", 3600)
+    engine = Engine(FakeBackend(), state_dir=tmp_path / "state",
+                    discover=lambda containers: published.Discovery(frozenset(PUBLISHED)))
+    with pytest.raises(UsageError, match="only nft"):
+        engine.live_trace(parse_policy(POLICY), Connection(parse_network("198.51.100.10"), 80), 1)

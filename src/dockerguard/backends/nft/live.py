@@ -31,6 +31,7 @@ _LINE = re.compile(r"^trace id (?P<id>\S+) (?P<family>\S+) (?P<table>\S+) (?P<ch
 _VERDICT = re.compile(r"\(verdict (?P<verdict>[^)]*)\)\s*$")
 _COMMENT = re.compile(r'comment "(?P<comment>(?:[^"\\]|\\.)*)"')
 _POLICY = re.compile(r"^policy (?P<verdict>\S+)")
+_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+ ?")  # changes with every packet: noise here
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ def parse_monitor(text: str) -> tuple[TraceEvent, ...]:
         if what.startswith("rule "):
             verdict = _VERDICT.search(what)
             comment = _COMMENT.search(what)
-            body = _VERDICT.sub("", what[len("rule "):]).strip()
+            body = _COUNTER.sub("", _VERDICT.sub("", what[len("rule "):])).strip()
             rule, decided = (comment["comment"] if comment else body), (verdict["verdict"] if verdict else "continue")
         elif _POLICY.match(what):
             rule, decided = "(chain policy)", _POLICY.match(what)["verdict"]  # type: ignore[index]
         else:
             continue
+        if rule == TRACE_COMMENT:
+            continue  # the marking rule itself
         table = f"{found['family']} {found['table']}"
         events.append(TraceEvent(found["id"], table, found["chain"], rule, decided,
                                  found["family"] == "inet" and found["table"] in (NFT_TABLE, NFT_BANS_TABLE)))
@@ -127,12 +130,12 @@ def watch(client: NftClient, source: Network, proto: str, port: int, path: str, 
 
 
 def _delete_trace_rules(client: NftClient, chain: str) -> None:
-    where = {"family": "inet", "table": NFT_TABLE, "name": chain}
-    rc, output, error = client.json_cmd({"nftables": [{"list": {"chain": where}}]}, json_output=True)
+    rc, output, error = client.json_cmd({"nftables": [{"list": {"table": {"family": "inet", "name": NFT_TABLE}}}]},
+                                        json_output=True)
     if rc != 0:
-        raise TransactionError(f"cannot list chain {chain} to remove the trace rule: {error.strip()}")
-    handles = [item["rule"]["handle"] for item in json.loads(output)["nftables"]
-               if "rule" in item and item["rule"].get("comment") == TRACE_COMMENT]
+        raise TransactionError(f"cannot list table inet {NFT_TABLE} to remove the trace rule: {error.strip()}")
+    rules = [item["rule"] for item in json.loads(output)["nftables"] if "rule" in item]
+    handles = [rule["handle"] for rule in rules if rule.get("chain") == chain and rule.get("comment") == TRACE_COMMENT]
     if not handles:
         return
     rc, _, error = client.json_cmd({"nftables": [
