@@ -92,7 +92,7 @@ def _allow_rules(policy: Policy, entries: tuple[Allow, ...]) -> tuple[AllowRule,
         ports = _merge_ports(entry.ports)
         for family, networks in _by_family(collapse(_resolve_sources(policy, entry.sources))):
             rules.append(AllowRule(family, entry.proto, networks, ports, entry.comment, entry.limit,
-                                   entry.max_connections, index))
+                                   entry.max_connections, index if entry.position is None else entry.position))
     return tuple(rules)
 
 

@@ -40,7 +40,8 @@ def resolve_containers(policy: Policy, containers: list[ContainerInfo]) -> tuple
     """
     entries: list[Allow] = []
     resolutions: list[Resolution] = []
-    for entry in policy.allow:
+    for index, original in enumerate(policy.allow):
+        entry = replace(original, position=index)  # entries may be left out below: keep each one's number
         if entry.containers is None:
             entries.append(entry)
             continue

@@ -12,7 +12,7 @@ import re
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -88,6 +88,9 @@ class Allow:
     containers: ContainerSelector | None = None
     limit: Limit | None = None
     max_connections: int | None = None
+    # Its index in the file's [[allow]] list once entries selecting no container were left out
+    # (containers.resolve_containers); None: its index here. Metrics and trace name entries by it.
+    position: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

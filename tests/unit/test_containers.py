@@ -76,6 +76,8 @@ def test_entry_with_no_running_container_allows_nothing() -> None:
     resolved, resolutions = resolve_containers(parse_policy(POLICY), [])
     assert [entry.ports for entry in resolved.allow] == [(PortRange(9443, 9443),), (PortRange(443, 443),)]
     assert "no running container" in resolutions[0].describe()
+    # the entries left keep their numbers in the file (metrics and trace name entries by them)
+    assert [rule.entry for rule in compile_policy(resolved).allows] == [1, 1, 2, 2]
 
 
 def test_compiler_refuses_unresolved_selectors() -> None:
