@@ -22,7 +22,7 @@ from typing import Any
 
 from ...errors import TransactionError, UsageError
 from ...net import Network
-from ..common import NFT_BANS_TABLE, NFT_TABLE, find_tool
+from ..common import NFT_BANS_TABLE, NFT_TABLE, start_tool
 from .libnft import NftClient
 
 TRACE_COMMENT = "dockerguard trace (temporary)"
@@ -94,13 +94,12 @@ def watch(client: NftClient, source: Network, proto: str, port: int, path: str, 
     and its verifying read; an apply in between replaces our table, trace rule and all, which is fine."""
     if not 0 < seconds <= MAX_SECONDS:
         raise UsageError(f"--live takes 0-{MAX_SECONDS:g} seconds, got {seconds:g}")
-    nft = find_tool("nft")
-    if nft is None:
-        raise UsageError("--live needs the nft tool (nft monitor trace)")
     # Into a file, not a pipe: a busy port's trace lines must never block the monitor.
     with tempfile.TemporaryFile(mode="w+") as log:
-        monitor = subprocess.Popen(["nft", "monitor", "trace"], executable=nft, stdout=log, stderr=subprocess.STDOUT,
-                                   text=True)
+        try:
+            monitor = start_tool(["nft", "monitor", "trace"], log)
+        except OSError as exc:
+            raise UsageError(f"--live needs the nft tool (nft monitor trace): {exc}") from None
         try:
             time.sleep(0.2)  # let the monitor subscribe before packets are marked
             if monitor.poll() is not None:
