@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .backends import BACKEND_CHOICES, check_backend_name
@@ -35,7 +36,29 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
+_GLOBAL_FLAGS = ("-v", "--verbose")
+
+
+class _Group(TyperGroup):
+    """Global flags (-v/--verbose) are accepted after the subcommand too: `dockerguard apply -v -c p.toml`
+    is `dockerguard -v apply -c p.toml`. Nothing after `--` moves."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            head, tail = args[:cut], args[cut:]
+        else:
+            head, tail = list(args), []
+        command = next((index for index, arg in enumerate(head) if not arg.startswith("-")), None)
+        if command is not None:
+            moved = [arg for arg in head[command + 1:] if arg in _GLOBAL_FLAGS]
+            rest = [arg for arg in head[command + 1:] if arg not in _GLOBAL_FLAGS]
+            head = moved + head[:command + 1] + rest
+        return super().parse_args(ctx, head + tail)
+
+
 app = typer.Typer(
+    cls=_Group,
     help="One declarative firewall policy for Docker-published ports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -81,7 +104,10 @@ def _grid(**kwargs: Any) -> Table:
 
     return Table.grid(**kwargs)
 
-PolicyOption = typer.Option(DEFAULT_POLICY, "--config", "-c", help="Policy file (TOML).")
+PolicyOption = typer.Option(None, "--config", "-c", show_default=False,
+                            help=f"Policy file (TOML; default {DEFAULT_POLICY}); or give it as POLICY.")
+PolicyArgument = typer.Argument(None, metavar="[POLICY]", show_default=False,
+                                help="Policy file (TOML); the same as -c POLICY.")
 BackendOption = typer.Option(
     None, "--backend", "-b", help=f"Override the policy's backend: {', '.join(BACKEND_CHOICES)}."
 )
@@ -118,6 +144,43 @@ def _show_steps(steps: Sequence[Step]) -> None:
             err.print(f"  {step.action}: {step.detail} ({step.seconds * 1000:.1f} ms)", soft_wrap=True)
 
 
+def _policy_path(positional: Optional[str], option: Optional[str], default: Optional[str] = DEFAULT_POLICY
+                 ) -> Optional[str]:
+    """The policy named as POLICY or -c POLICY (both: only if the same file), else `default`."""
+    if positional is not None and option is not None and os.path.normpath(positional) != os.path.normpath(option):
+        raise typer.BadParameter(f"two different policies: {positional!r} and -c {option!r}; give one",
+                                 param_hint="POLICY / -c")
+    return positional or option or default
+
+
+def _warn(lines: Sequence[str]) -> None:
+    """Warnings on stderr, one `warning: ...` line each (plain print: `check` does not load rich)."""
+    sys.stdout.flush()
+    sys.stderr.write("".join(f"warning: {line}\n" for line in lines))
+    sys.stderr.flush()
+
+
+def _policy_warnings(policy: Any) -> None:
+    from .lint import policy_warnings
+
+    _warn(policy_warnings(policy))
+
+
+def _docker_warnings(engine: Engine, policy: Any, applied: bool) -> None:
+    """Container entries compiled without Docker (it did not answer): what they will select, and when."""
+    if engine.docker_problem is None:
+        return
+    selectors = [str(entry.containers) for entry in policy.allow if entry.containers is not None]
+    selectors += [str(entry.containers) if entry.containers is not None else f"networks {', '.join(entry.networks)}"
+                  for entry in policy.egress if entry.containers is not None or entry.networks]
+    if applied:
+        _warn([f"Docker not reachable ({engine.docker_problem}): {'; '.join(selectors)}: select no containers "
+               "now (closed); `dockerguard watch` applies again when Docker answers"])
+    else:
+        _warn([f"{selector}: resolved from Docker when applied; Docker not reachable at {policy.docker_socket} "
+               "now" for selector in selectors])
+
+
 def _clock(timestamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
@@ -127,30 +190,40 @@ def _when(timestamp: float) -> str:
 
 
 @app.command()
-def check(policy: str = typer.Argument(DEFAULT_POLICY, help="Policy file (TOML).")) -> None:
+def check(positional: Optional[str] = PolicyArgument, config: Optional[str] = PolicyOption) -> None:
     """Validate a policy file; changes nothing."""
+    policy = str(_policy_path(positional, config))
     loaded = load_policy(policy)
     # print(), not the rich console: `check` runs in scripts and editors' save hooks; rich costs 40 ms.
     print(f"{policy}: OK ({len(loaded.allow)} allow entries, {len(loaded.sets)} sets, "
           f"backend {loaded.backend}, default {loaded.default})")
+    _policy_warnings(loaded)
 
 
 @app.command()
-def plan(config: str = PolicyOption, backend: Optional[str] = BackendOption) -> None:
+def plan(positional: Optional[str] = PolicyArgument, config: Optional[str] = PolicyOption,
+         backend: Optional[str] = BackendOption) -> None:
     """Print exactly what apply would send to the kernel; changes nothing, needs no root."""
-    rendered = _engine(backend).render(load_policy(config))
+    config = str(_policy_path(positional, config))
+    policy = load_policy(config)
+    _policy_warnings(policy)
+    engine = _engine(backend)
+    rendered = engine.render(policy)
+    _docker_warnings(engine, policy, applied=False)
     sys.stdout.write(rendered.text if rendered.text.endswith("\n") else rendered.text + "\n")
 
 
 @app.command()
 def diff(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when apply would change something."),
     state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Show what apply would change (+ add, - remove): hooks, rules, set elements. Empty when nothing."""
+    config = str(_policy_path(positional, config))
     result = _engine(backend, state_dir=state_dir).diff(load_policy(config))
     if as_json:
         _print_json({"backend": result.backend, "changed": result.changed,
@@ -164,7 +237,8 @@ def diff(
 
 @app.command()
 def apply(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     confirm: Optional[float] = typer.Option(
         None, "--confirm", metavar="SECONDS",
@@ -181,8 +255,12 @@ def apply(
 
     When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
     (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
+    config = str(_policy_path(positional, config))
+    policy = load_policy(config)  # the same file apply_file reads: its warnings first
+    _policy_warnings(policy)
     engine = _engine(backend, state_dir=state_dir)
     result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard)
+    _docker_warnings(engine, policy, applied=True)
     _show_steps(result.steps)
     if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")
@@ -248,13 +326,27 @@ def rollback(backend: Optional[str] = BackendOption, state_dir: Optional[str] = 
 
 @app.command()
 def status(
+    positional: Optional[str] = typer.Argument(None, metavar="[POLICY]", show_default=False,
+                                               help="Also report drift from this policy (the same as -c)."),
     backend: Optional[str] = BackendOption,
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Also report drift from this policy."),
     as_json: bool = JsonOption,
     state_dir: Optional[str] = StateDirOption,
 ) -> None:
-    """Show the backend, whether our hook runs first, the rules with counters, drift and pending
-    confirmation. Exit 3 on drift from -c POLICY."""
+    """Show the backend, whether our hook runs first, one row per policy entry with its counters, what each
+    path's default dropped, drift and pending confirmation. Exit 3 on drift from POLICY.
+
+    The entries are those of POLICY, else of the policy file the last apply used. A row's packets and bytes
+    are its rules'; "shared" marks rules that serve other entries too (an nft set of many entries' pairs).
+    The rules themselves, with counters, follow with --verbose or when there are no rows.
+
+    --json prints one object (keys stay; new ones may be added): backend, installed {backend, hooks,
+    rules [{chain, description, packets, bytes}], sets}, in_sync (null without POLICY), detection, path
+    [{level, message}], diff, pending, interrupted, history [{number, backend, timestamp, action,
+    policy_digest}], last_rollback, state_dir, state_error, policy_path, entries [{section (allow, deny,
+    host), number, entry, ports, proto, sources, limits, packets, bytes (null: not installed), shared,
+    published ["8080/tcp"]}], drops [{path (forward, docker-proxy, host), verdict, packets, bytes}]."""
+    config = _policy_path(positional, config, default=None)
     policy = load_policy(config) if config else None
     result = _engine(backend, state_dir=state_dir).status(policy)
     if as_json:
@@ -302,15 +394,56 @@ def _print_status(result: Status) -> None:
         grid.add_row("policy", _text("in sync", style="green") if not result.diff.changed else _text(
             f"DRIFT: {len(result.diff.changes)} differences from the policy (+ apply would add, - remove)",
             style="red"))
-    out.print(grid)
-    if result.installed is not None:
+    if result.policy_path is not None:
+        grid.add_row("entries", f"of {result.policy_path}")
+    for drops in result.drops:
+        grid.add_row("dropped" if drops is result.drops[0] else "",
+                     f"{drops.path}: {drops.packets} packets, {_size(drops.bytes)} by the default {drops.verdict}")
+    _print_wide(grid)
+    if result.entries:
+        table = _table("entry", "ports", "proto", "sources", "limits", "packets", "bytes", "published")
+        for row in result.entries:
+            counted = row.packets is not None
+            table.add_row(f"{row.section} {row.number}" + (f": {row.entry}" if row.entry != f"{row.section} "
+                                                                                   f"{row.number}" else ""),
+                          row.ports, row.proto, row.sources, row.limits,
+                          (str(row.packets) + (" shared" if row.shared else "")) if counted else "-",
+                          _size(row.bytes) if row.bytes is not None else "-", ", ".join(row.published))
+        _print_wide(table)
+    if result.installed is not None and (not result.entries or _options["verbose"]):
         table = _table("chain", "rule", "packets", "bytes")
         for rule in result.installed.rules:
             table.add_row(rule.chain, rule.description, str(rule.packets), str(rule.bytes))
-        out.print(table)
+        _print_wide(table)
     if result.diff is not None:
         for change in result.diff.changes:
             out.print(_text(f"  {change}", style="green" if change.op == "+" else "red"), soft_wrap=True)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _print_wide(renderable: Any) -> None:
+    """On a terminal as wide as it is; elsewhere (a pipe, a file) never wrapped nor cut: one line per row."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    import io
+
+    from rich.console import Console
+
+    if getattr(renderable, "box", None) is not None:
+        renderable.box = None  # plain columns: no box-drawing characters for grep and awk
+        renderable.pad_edge = False
+    text = io.StringIO()
+    Console(file=text, width=100_000, highlight=False, markup=False, color_system=None).print(
+        renderable, crop=False, overflow="ignore", no_wrap=True)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in text.getvalue().splitlines()))
 
 
 @app.command()
@@ -399,7 +532,7 @@ def trace_command(
         table = _table("chain", "kind", "rule", "matches", "verdict")
         for step in decision.steps:
             table.add_row(step.role, step.kind, step.rule, "yes" if step.matched else "no", step.verdict or "")
-        out.print(table)
+        _print_wide(table)
     for note in decision.notes:
         out.print(f"note: {note}", soft_wrap=True)
     if live is not None:
@@ -423,12 +556,14 @@ def _print_live(events: Sequence[Any]) -> None:
 
 @app.command()
 def audit(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Who can reach each published port now, per family and path (forwarded / docker-proxy), against what
     the policy allows. Exit 3 when a port is open to more sources than the policy allows."""
+    config = str(_policy_path(positional, config))
     report = _engine(backend).audit(load_policy(config))
     if as_json:
         _print_json({"backend": report.backend, "in_sync": report.in_sync, "open": len(report.open),
@@ -451,7 +586,7 @@ def _print_audit(report: AuditReport) -> None:
         table.add_row(f"{reach.port}/{reach.proto}", f"ipv{reach.family.value}", reach.path,
                       _who(reach.reachable) + (f" ({reach.note})" if reach.note else ""), _who(reach.allowed),
                       _text(reach.verdict, style=style))
-    out.print(table)
+    _print_wide(table)
     if not report.reaches:
         out.print("no published ports found (evidence below)")
     for proto, port in report.unmentioned:
@@ -564,7 +699,7 @@ def backends(
     for probe in probes:
         facts = "".join(f"\n{key}: {value}" for key, value in probe.details if key in ("commit", "ipsets"))
         table.add_row(probe.backend, "yes" if probe.available else _text("no", style="red"), probe.reason + facts)
-    out.print(table)
+    _print_wide(table)
     out.print(f"auto -> {decision['backend'] or 'none'}: {decision['reason']}", soft_wrap=True)
     for key, value in decision["evidence"].items():
         out.print(f"  {key}: {value}", soft_wrap=True)
@@ -572,7 +707,8 @@ def backends(
 
 @app.command()
 def watch(
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     interval: float = typer.Option(5.0, "--interval", min=0.2, help="Seconds between drift checks."),
     docker_socket: Optional[str] = typer.Option(
@@ -581,15 +717,24 @@ def watch(
 ) -> None:
     """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
 
-    Runs until SIGTERM or Ctrl-C; logs what it did to stderr."""
+    Runs until SIGTERM or Ctrl-C; logs what it did to stderr. Run by systemd (Type=notify): READY=1 once the
+    policy is in place, STATUS= when it changes, WATCHDOG=1 after every check; log lines carry journald's
+    priority prefixes (<3> error, <4> warning, <6> info) when stderr is the journal."""
+    config = str(_policy_path(positional, config))
     import logging
     import signal
     import threading
 
     from .docker import DockerClient
+    from .systemd import JournalFormatter, Notifier, journal_stderr
     from .watch import Watcher
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    journal = journal_stderr()  # run by systemd: journald takes the priority from a <N> prefix
+    handler.setFormatter(JournalFormatter("%(message)s") if journal else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    notifier = Notifier()
     policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
@@ -597,20 +742,27 @@ def watch(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    err.print(f"watching {config} (Docker API {socket_path}, drift check every {interval:g} s)")
-    Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config).run(stop)
+    logging.getLogger("dockerguard").info("watching %s (Docker API %s, drift check every %g s)%s", config,
+                                          socket_path, interval, "; systemd notified" if notifier.enabled else "")
+    try:
+        Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config,
+                on_check=notifier.checked).run(stop)
+    finally:
+        notifier.stopping()
 
 
 @app.command()
 def export(
     fmt: str = typer.Option(..., "--format", "-f", help="iptables-restore, ipset, nft or systemd."),
-    config: str = PolicyOption,
+    positional: Optional[str] = PolicyArgument,
+    config: Optional[str] = PolicyOption,
     backend: Optional[str] = BackendOption,
     family: int = typer.Option(4, "--family", help="iptables-restore: address family, 4 or 6."),
     watch: bool = typer.Option(False, "--watch", help="systemd: a service running `dockerguard watch`."),
 ) -> None:
     """Print a persistence file: an `nft -f` file, iptables-restore text, or a systemd unit that applies
     the policy at boot before Docker starts (--watch: the unit running `dockerguard watch`)."""
+    config = str(_policy_path(positional, config))
     from .export import FORMATS, export_text
 
     if fmt not in FORMATS:
@@ -907,7 +1059,8 @@ def main() -> None:
         _show_steps(exc.steps)
         from rich.text import Text
 
-        err.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
+        for line in str(exc).split("\n"):  # a policy with several mistakes: one line each
+            err.print(Text.assemble(("error:", "red"), f" {line}"), soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

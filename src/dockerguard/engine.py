@@ -46,6 +46,7 @@ from .errors import (
     ApplyError,
     ConfirmError,
     DockerguardError,
+    DockerUnavailable,
     LockoutError,
     LockTimeout,
     PendingConfirmationError,
@@ -54,11 +55,12 @@ from .errors import (
     TransactionError,
     UsageError,
 )
+from .glance import EntryRow, PathDrops, entry_rows, path_drops
 from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .net import AddressError, Network, parse_network
-from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy, source_digest
+from .policy import DEFAULT_DOCKER_SOCKET, MAX_SOURCES_FILE, Policy, load_policy, read_bounded, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 if TYPE_CHECKING:
@@ -146,6 +148,11 @@ class Status:
     last_rollback: dict[str, Any] | None = None
     state_dir: str = ""
     state_error: str | None = None  # the kernel part is still reported when the state dir is unreadable
+    # at a glance (glance.py): per policy entry and per path's default; from `policy_path` (the policy
+    # given, else the one the last apply recorded, when it still loads)
+    policy_path: str | None = None
+    entries: tuple[EntryRow, ...] = ()
+    drops: tuple[PathDrops, ...] = ()
 
 
 class _Recorder:
@@ -185,10 +192,17 @@ class Engine:
         self.discovery = published.Discovery()  # the published ports found last time, and by whom
         self._containers: list[ContainerInfo] = []  # what container entries were resolved against
         self._networks: list[NetworkInfo] = []  # and egress entries' networks
+        # Why container entries were compiled without Docker (it did not answer): they select nothing.
+        self.docker_problem: str | None = None
 
-    def compile(self, policy: Policy) -> Ruleset:
+    def compile(self, policy: Policy, *, without_docker: bool | None = None) -> Ruleset:
         """compile_policy, after looking up the host ports that container-selecting entries publish now
-        and the ports Docker publishes (whose docker-proxy path is judged too)."""
+        and the ports Docker publishes (whose docker-proxy path is judged too).
+
+        When Docker does not answer, container entries select nothing (`docker_problem` says why) if
+        `without_docker`, or (None) if nothing of ours is installed yet: at boot, before Docker starts, they
+        are closed until `watch` applies again. With rules installed it raises: they stay as they are
+        (with live-restore, containers keep running while dockerd restarts)."""
         client = self._docker or DockerClient(policy.docker_socket)
         listed: list[ContainerInfo] | None = None
 
@@ -199,11 +213,21 @@ class Engine:
             return listed
 
         egress = None
+        self.docker_problem = None
         if policy.uses_containers:
-            policy, self.resolutions = resolve_containers(policy, containers())
-            if any(entry.networks for entry in policy.egress):
-                self._networks = client.networks()
-            egress = resolve_egress(policy, containers(), self._networks)
+            try:
+                containers()
+                if any(entry.networks for entry in policy.egress):
+                    self._networks = client.networks()
+            except DockerUnavailable as exc:
+                if without_docker is False or (without_docker is None and self.backend(policy)[0].installed()
+                                                is not None):
+                    raise
+                self.docker_problem = str(exc)
+                self._networks = []
+            found = [] if self.docker_problem is not None else containers()
+            policy, self.resolutions = resolve_containers(policy, found)
+            egress = resolve_egress(policy, found, self._networks)
             self._containers = listed or []
         if not policy.filter_proxy_path:
             return compile_policy(policy, egress=egress)
@@ -250,7 +274,7 @@ class Engine:
     def render(self, policy: Policy) -> Rendered:
         """What apply would send, without reading the kernel (works without root)."""
         backend, _ = self.backend(policy)
-        return backend.render(self.compile(policy))
+        return backend.render(self.compile(policy, without_docker=True))
 
     def diff(self, policy: Policy) -> Diff:
         """What `apply(policy)` would change, from the installed and the expected state; changes nothing."""
@@ -360,6 +384,11 @@ class Engine:
                 return None
             if source_digest(path.read_bytes()) != known["policy"]:
                 return None
+            # The same policy names the same list files (sources_file, ...): their bytes must be the same too.
+            for listed, digest in known.get("files", ()):
+                if source_digest(read_bounded(listed, MAX_SOURCES_FILE)) != digest:
+                    record("fast path", f"not taken: {listed} changed since the last apply")
+                    return None
             facts = known["facts"]
             requested = self._requested if self._requested is not None else facts["backend"]
             backend = self._backend_for_record(requested, known["backend"], str(facts["docker_socket"]))
@@ -404,12 +433,16 @@ class Engine:
         `generation` was read before the verifying read; kept only if still the same after it."""
         if policy.source_digest is None:
             return
+        if self.docker_problem is not None:  # compiled without Docker: the next apply must look again
+            self.state.forget_installed()
+            return
         uses_networks = any(entry.networks for entry in policy.egress)
         facts = {"backend": policy.backend, "docker_socket": policy.docker_socket,
                  "uses_containers": policy.uses_containers, "filter_proxy_path": policy.filter_proxy_path,
                  "uses_networks": uses_networks}
         self.state.write_installed({
             "backend": backend.name, "policy": policy.source_digest, "facts": facts, "ruleset": ruleset.digest,
+            "files": [[os.path.abspath(listed), digest] for listed, digest in policy.source_files],
             "inputs": _inputs_digest(self._containers if policy.uses_containers else None,
                                      self.discovery.ports if policy.filter_proxy_path else None,
                                      self._networks if uses_networks else None),
@@ -610,9 +643,23 @@ class Engine:
         backend.ensure_available()
         installed = backend.installed()
         diff = None
+        ruleset = None
+        glance = policy
         if policy is not None:
-            diff = diff_states(backend.name, installed, backend.expected(self.compile(policy)))
-        state: dict[str, Any] = {"state_dir": str(self.state.path)}
+            ruleset = self.compile(policy)
+            diff = diff_states(backend.name, installed, backend.expected(ruleset))
+        elif installed is not None:
+            glance = self._recorded_policy()
+            try:
+                ruleset = None if glance is None else self.compile(glance, without_docker=True)
+            except DockerguardError:
+                glance = None
+        rows: dict[str, Any] = {}
+        if glance is not None and ruleset is not None and installed is not None:
+            counters = backend.counters(ruleset, installed)
+            rows = {"policy_path": glance.path, "drops": path_drops(counters, glance),
+                    "entries": entry_rows(glance, ruleset, counters, self.discovery.ports)}
+        state: dict[str, Any] = {"state_dir": str(self.state.path), **rows}
         try:
             found = self.state.pending()
             state.update(
@@ -625,6 +672,14 @@ class Engine:
             state["state_error"] = str(exc)
         return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
                       backend.path_report(), diff, **state)
+
+    def _recorded_policy(self) -> Policy | None:
+        """The policy file of the newest recorded apply, if it is still there and loads."""
+        try:
+            applied = [entry for entry in self.state.history() if entry.action == "apply" and entry.policy_path]
+            return load_policy(str(applied[-1].policy_path)) if applied else None
+        except (DockerguardError, OSError):
+            return None
 
     def audit(self, policy: Policy) -> AuditReport:
         """Who can reach each published port under the installed rules, against what `policy` allows."""

@@ -28,14 +28,30 @@ class PolicyError(DockerguardError):
         self.file = file
         self.line = line
         self.key = key
+        # Every mistake found (validation goes on after the first); this one is errors[0].
+        self.errors: tuple[PolicyError, ...] = (self,)
         super().__init__(str(self))
 
-    def __str__(self) -> str:
+    @classmethod
+    def of(cls, errors: list[PolicyError]) -> PolicyError:
+        """One error carrying all of `errors` (in file order): str() has one line per mistake."""
+        ordered = sorted(errors, key=lambda error: (error.file != errors[0].file, error.line or 0))
+        first = ordered[0]
+        combined = cls(first.message, file=first.file, line=first.line, key=first.key)
+        combined.errors = (combined, *ordered[1:])
+        combined.args = (str(combined),)
+        return combined
+
+    def line_text(self) -> str:
+        """This one mistake: FILE:LINE: [KEY] MESSAGE."""
         where = self.file or "<policy>"
         if self.line is not None:
             where += f":{self.line}"
         key = f" [{self.key}]" if self.key else ""
         return f"{where}:{key} {self.message}"
+
+    def __str__(self) -> str:
+        return "\n".join(error.line_text() for error in getattr(self, "errors", (self,)))
 
 
 class UsageError(DockerguardError):

@@ -36,6 +36,7 @@ FORMATS = (*FILE_FORMATS, "systemd")
 APPLY_UNIT = "dockerguard.service"
 WATCH_UNIT = "dockerguard-watch.service"
 UNITS = (APPLY_UNIT, WATCH_UNIT)
+WATCH_WATCHDOG = 120  # seconds: checks come every --interval (5 s) s; one may wait 30 s for the lock, then apply
 _LOADING = {
     "nft": "# load with `nft -f FILE` (or include it from /etc/nftables.conf); it replaces table "
            "inet dockerguard\n# atomically and touches no other table.\n",
@@ -121,7 +122,11 @@ After={APPLY_UNIT} docker.service
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
+# READY=1 once the policy is in place (the first apply), then STATUS= and watchdog pings after every check
+# (every --interval seconds): a hung loop is restarted. Logs carry journald's <N> priority prefixes.
+Type=notify
+NotifyAccess=main
+WatchdogSec={WATCH_WATCHDOG}
 ExecStart={watch}
 Restart=always
 RestartSec=5

@@ -6,6 +6,7 @@ report the line of a key, so it is looked up in the text) and the key.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, TypeVar, Union
 
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
@@ -38,6 +39,7 @@ _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_COMMENT = 100
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")  # Docker's network names
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,11 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     except tomllib.TOMLDecodeError as exc:
         line = _line_from_toml_error(str(exc), text)
         raise PolicyError(f"invalid TOML: {exc}", file=filename, line=line) from None
-    return _Validator(text, filename).policy(raw)
+    validator = _Validator(text, filename)
+    policy = validator.policy(raw)
+    if validator.errors:
+        raise PolicyError.of(validator.errors)
+    return policy
 
 
 def _line_from_toml_error(message: str, text: str) -> int | None:
@@ -224,8 +230,15 @@ def _line_from_toml_error(message: str, text: str) -> int | None:
     return max(1, len(text.splitlines())) if "end of document" in message else None
 
 
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """ "; did you mean 'ports'?" when `word` is close to one of `choices`, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class _Validator:
-    """Turns the parsed TOML document into a Policy, raising PolicyError with a location."""
+    """Turns the parsed TOML document into a Policy. Validation goes on after a mistake: every PolicyError
+    (with its location) is collected in `errors`, and the part in error is left out of the Policy."""
 
     TOP_KEYS = ("backend", "external_interfaces", "default", "log_dropped", "sets", "allow", "host",
                 "docker_socket", "filter_proxy_path", "deny", "bans", "egress", "egress_default")
@@ -240,46 +253,63 @@ class _Validator:
         self.lines = text.splitlines()
         self.filename = filename
         self.files: dict[str, str] = {}  # sources files read: path -> sha256 of their bytes
+        self.errors: list[PolicyError] = []
+
+    def attempt(self, fallback: _T, check: Callable[..., _T], *args: Any) -> _T:
+        """check(*args), or `fallback` when it finds a mistake (recorded in `errors`)."""
+        try:
+            return check(*args)
+        except PolicyError as exc:
+            self.errors.extend(exc.errors)
+            return fallback
 
     def fail(self, path: tuple[str | int, ...], message: str) -> PolicyError:
         return PolicyError(message, file=self.filename, line=self._locate(path), key=_format_key(path))
 
     def policy(self, raw: Mapping[str, Any]) -> Policy:
         self._no_unknown_keys(raw, self.TOP_KEYS, ())
-        backend = raw.get("backend", "auto")
-        try:
-            check_backend_name(backend)
-        except UsageError:
-            raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}") from None
-        default = self._verdict(raw, ())
-        log_dropped = self._bool(raw, "log_dropped", False)
-        filter_proxy_path = self._bool(raw, "filter_proxy_path", True)
-        sets = self._sets(raw.get("sets", {}))
+        backend = self.attempt("auto", self._backend, raw.get("backend", "auto"))
+        default = self.attempt("drop", self._verdict, raw, ())
+        log_dropped = self.attempt(False, self._bool, raw, "log_dropped", False)
+        filter_proxy_path = self.attempt(True, self._bool, raw, "filter_proxy_path", True)
+        sets = self.attempt((), self._sets, raw.get("sets", {}))
         set_names = {address_set.name for address_set in sets}
-        allow = self._allow_list(raw, (), set_names)
-        host = self._host(raw["host"], set_names) if "host" in raw else None
-        deny = self._deny_list(raw, set_names, default)
-        egress = self._egress_list(raw, set_names)
+        if isinstance(raw.get("sets"), dict):  # a set in error is still known: no second error where it is used
+            set_names |= {name for name in raw["sets"] if isinstance(name, str)}
+        allow = self.attempt((), self._allow_list, raw, (), set_names)
+        host = self.attempt(None, self._host, raw["host"], set_names) if "host" in raw else None
+        deny = self.attempt((), self._deny_list, raw, set_names, default)
+        egress = self.attempt((), self._egress_list, raw, set_names)
         egress_default = raw.get("egress_default", "allow")
         if egress_default not in EGRESS_ACTIONS:
-            raise self.fail(("egress_default",), f"expected one of {', '.join(EGRESS_ACTIONS)}, got {egress_default!r}")
+            self.errors.append(self.fail(("egress_default",), f"expected one of {', '.join(EGRESS_ACTIONS)}, "
+                                                              f"got {egress_default!r}"))
         return Policy(
             backend=backend,
-            external_interfaces=self._interfaces(raw.get("external_interfaces", ["eth0"])),
+            external_interfaces=self.attempt(("eth0",), self._interfaces, raw.get("external_interfaces", ["eth0"])),
             default=default,
             log_dropped=log_dropped,
             sets=sets,
             allow=allow,
             host=host,
-            docker_socket=self._socket(raw.get("docker_socket", DEFAULT_DOCKER_SOCKET)),
+            docker_socket=self.attempt(DEFAULT_DOCKER_SOCKET, self._socket,
+                                       raw.get("docker_socket", DEFAULT_DOCKER_SOCKET)),
             filter_proxy_path=filter_proxy_path,
             deny=deny,
-            bans=self._bool(raw, "bans", True),
+            bans=self.attempt(True, self._bool, raw, "bans", True),
             egress=egress,
             egress_default=str(egress_default),
             path=None if self.filename.startswith("<") else self.filename,
             source_files=tuple(sorted(self.files.items())),
         )
+
+    def _backend(self, backend: Any) -> str:
+        try:
+            return check_backend_name(backend)
+        except UsageError:
+            raise self.fail(("backend",), f"expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}"
+                            + (did_you_mean(backend, BACKEND_CHOICES) if isinstance(backend, str) else "")
+                            ) from None
 
     def _bool(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
         value = table.get(key, default)
@@ -298,7 +328,12 @@ class _Validator:
         entries = table.get("allow", [])
         if not isinstance(entries, list):
             raise self.fail((*base, "allow"), f"expected [[{'.'.join(map(str, (*base, 'allow')))}]] tables")
-        return tuple(self._allow(entry, (*base, "allow", index), set_names) for index, entry in enumerate(entries))
+        checked = (self.attempt(None, self._allow, entry, (*base, "allow", index), set_names)
+                   for index, entry in enumerate(entries))
+        if base == ("host",):
+            checked = (self.attempt(None, self._host_allow, entry, (*base, "allow", index))
+                       for index, entry in enumerate(checked))
+        return tuple(entry for entry in checked if entry is not None)
 
     def _host(self, value: Any, set_names: set[str]) -> HostPolicy:
         base = ("host",)
@@ -307,14 +342,17 @@ class _Validator:
         self._no_unknown_keys(value, self.HOST_KEYS, base)
         icmp_echo = value.get("icmp_echo", True)
         if not isinstance(icmp_echo, bool):
-            raise self.fail((*base, "icmp_echo"), f"expected true or false, got {icmp_echo!r}")
-        allow = self._allow_list(value, base, set_names)
-        for index, entry in enumerate(allow):
-            if entry.containers is not None:
-                raise self.fail((*base, "allow", index), "host rules take ports; containers are selected in [[allow]]")
-            if entry.limit is not None or entry.max_connections is not None:
-                raise self.fail((*base, "allow", index), "limits apply to published ports, in [[allow]]")
-        return HostPolicy(allow, icmp_echo, self._verdict(value, base))
+            self.errors.append(self.fail((*base, "icmp_echo"), f"expected true or false, got {icmp_echo!r}"))
+            icmp_echo = True
+        allow = self.attempt((), self._allow_list, value, base, set_names)
+        return HostPolicy(allow, icmp_echo, self.attempt("drop", self._verdict, value, base))
+
+    def _host_allow(self, entry: Allow | None, base: tuple[str | int, ...]) -> Allow | None:
+        if entry is not None and entry.containers is not None:
+            raise self.fail(base, "host rules take ports; containers are selected in [[allow]]")
+        if entry is not None and (entry.limit is not None or entry.max_connections is not None):
+            raise self.fail(base, "limits apply to published ports, in [[allow]]")
+        return entry
 
     def _socket(self, value: Any) -> str:
         if not isinstance(value, str) or not value.startswith("/"):
@@ -361,27 +399,30 @@ class _Validator:
             result.append(AddressSet(name, networks))
         return tuple(result)
 
-    def _allow(self, entry: Any, base: tuple[str | int, ...], set_names: set[str]) -> Allow:
+    def _allow(self, entry: Any, base: tuple[str | int, ...], set_names: set[str]) -> Allow | None:
         if not isinstance(entry, dict):
             raise self.fail(base, "expected a table")
         self._no_unknown_keys(entry, self.ALLOW_KEYS, base)
-        containers = self._containers(entry, base)
+        errors = len(self.errors)
+        unset = ContainerSelector()
+        containers = self.attempt(unset, self._containers, entry, base)
         if "ports" not in entry and containers is None:
             raise self.fail(base, "missing key 'ports' (the published host ports, e.g. [80, \"8000-8100\"]) "
                                   "or 'container'/'labels'")
         proto = entry.get("proto", "tcp")
         if proto not in PROTOCOLS:
-            raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
-        comment = self._comment(entry, base)
-        return Allow(
-            ports=self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else (),
+            self.errors.append(self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}"
+                                         + (did_you_mean(proto, PROTOCOLS) if isinstance(proto, str) else "")))
+        allow = Allow(
+            ports=self.attempt((), self._ports, entry["ports"], (*base, "ports")) if "ports" in entry else (),
             proto=proto,
-            sources=self._entry_sources(entry, base, set_names),
-            comment=comment,
+            sources=self.attempt((), self._entry_sources, entry, base, set_names),
+            comment=self.attempt("", self._comment, entry, base),
             containers=containers,
-            limit=self._limit(entry, base),
-            max_connections=self._count(entry, (*base, "max_connections")),
+            limit=self.attempt(None, self._limit, entry, base),
+            max_connections=self.attempt(None, self._count, entry, (*base, "max_connections")),
         )
+        return allow if len(self.errors) == errors else None
 
     def _entry_sources(self, entry: Mapping[str, Any], base: tuple[str | int, ...],
                        set_names: set[str], default: Any = ("any",)) -> tuple[Source, ...]:
@@ -445,7 +486,9 @@ class _Validator:
         entries = table.get("deny", [])
         if not isinstance(entries, list):
             raise self.fail(("deny",), "expected [[deny]] tables")
-        return tuple(self._deny(entry, ("deny", index), set_names, default) for index, entry in enumerate(entries))
+        checked = (self.attempt(None, self._deny, entry, ("deny", index), set_names, default)
+                   for index, entry in enumerate(entries))
+        return tuple(entry for entry in checked if entry is not None)
 
     def _deny(self, entry: Any, base: tuple[str | int, ...], set_names: set[str], default: str) -> Deny:
         if not isinstance(entry, dict):
@@ -453,23 +496,25 @@ class _Validator:
         self._no_unknown_keys(entry, self.DENY_KEYS, base)
         if "sources" not in entry and "sources_file" not in entry:
             raise self.fail(base, "missing key 'sources' or 'sources_file' (who is refused)")
-        ports = self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else ()
+        ports = self.attempt((), self._ports, entry["ports"], (*base, "ports")) if "ports" in entry else ()
         proto = entry.get("proto", "tcp" if ports else None)
-        if "proto" in entry and not ports:
+        if "proto" in entry and "ports" not in entry:
             raise self.fail((*base, "proto"), "proto narrows 'ports'; without ports every protocol is refused")
         if proto is not None and proto not in PROTOCOLS:
             raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
         action = entry.get("action", default)
         if action not in DEFAULT_VERDICTS:
             raise self.fail((*base, "action"), f"expected 'drop' or 'reject', got {action!r}")
-        return Deny(self._entry_sources(entry, base, set_names), ports, proto, str(action),
-                    self._comment(entry, base))
+        return Deny(self.attempt((), self._entry_sources, entry, base, set_names), ports, proto, str(action),
+                    self.attempt("", self._comment, entry, base))
 
     def _egress_list(self, table: Mapping[str, Any], set_names: set[str]) -> tuple[Egress, ...]:
         entries = table.get("egress", [])
         if not isinstance(entries, list):
             raise self.fail(("egress",), "expected [[egress]] tables")
-        return tuple(self._egress(entry, ("egress", index), set_names) for index, entry in enumerate(entries))
+        checked = (self.attempt(None, self._egress, entry, ("egress", index), set_names)
+                   for index, entry in enumerate(entries))
+        return tuple(entry for entry in checked if entry is not None)
 
     def _egress(self, entry: Any, base: tuple[str | int, ...], set_names: set[str]) -> Egress:
         if not isinstance(entry, dict):
@@ -481,21 +526,25 @@ class _Validator:
         networks = entry.get("networks", [])
         if not isinstance(networks, list) or not all(isinstance(n, str) and _NETWORK_NAME.match(n) for n in networks):
             raise self.fail((*base, "networks"), 'expected a list of Docker network names, e.g. ["backend"]')
-        containers = self._containers(entry, base) if any(key in entry for key in ("container", "labels")) else None
-        ports = self._ports(entry["ports"], (*base, "ports")) if "ports" in entry else ()
+        containers = (self.attempt(None, self._containers, entry, base)
+                      if any(key in entry for key in ("container", "labels")) else None)
+        ports = self.attempt((), self._ports, entry["ports"], (*base, "ports")) if "ports" in entry else ()
         proto = entry.get("proto", "tcp" if ports else None)
         if proto is not None and proto not in PROTOCOLS:
             raise self.fail((*base, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
-        if "proto" in entry and not ports:
+        if "proto" in entry and "ports" not in entry:
             raise self.fail((*base, "proto"), "proto narrows 'ports'; without ports every protocol matches")
-        destinations = (self._sources(entry.get("destinations", ["any"]), (*base, "destinations"), set_names)
+        destinations = (self.attempt((), self._sources, entry.get("destinations", ["any"]), (*base, "destinations"),
+                                     set_names)
                         if "destinations_file" not in entry else
-                        self._entry_sources({"sources_file": entry["destinations_file"],
-                                             **({"sources": entry["destinations"]} if "destinations" in entry else {})},
-                                            base, set_names))
-        sources = self._sources(entry["sources"], (*base, "sources"), set_names) if "sources" in entry else ()
+                        self.attempt((), self._entry_sources, {
+                            "sources_file": entry["destinations_file"],
+                            **({"sources": entry["destinations"]} if "destinations" in entry else {})},
+                            base, set_names))
+        sources = (self.attempt((), self._sources, entry["sources"], (*base, "sources"), set_names)
+                   if "sources" in entry else ())
         return Egress(destinations, str(action), containers, tuple(networks), sources, ports, proto,
-                      self._comment(entry, base))
+                      self.attempt("", self._comment, entry, base))
 
     def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")
@@ -538,7 +587,8 @@ class _Validator:
             elif isinstance(item, str) and item.startswith("@"):
                 if item[1:] not in set_names:
                     known = ", ".join(sorted(set_names)) or "none defined"
-                    raise self.fail(key, f"unknown set {item!r} (known sets: {known})")
+                    close = did_you_mean(item[1:], sorted(set_names)).replace("did you mean '", "did you mean '@")
+                    raise self.fail(key, f"unknown set {item!r}{close} (known sets: {known})")
                 sources.append(SetRef(item[1:]))
             else:
                 sources.append(self._network(item, key))
@@ -556,7 +606,8 @@ class _Validator:
                          base: tuple[str | int, ...]) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail((*base, key), f"unknown key (expected one of: {', '.join(allowed)})")
+                self.errors.append(self.fail((*base, key), f"unknown key{did_you_mean(str(key), allowed)} "
+                                                           f"(expected one of: {', '.join(allowed)})"))
 
     def _locate(self, path: tuple[str | int, ...]) -> int | None:
         """Best-effort line number of a key path such as ("host", "allow", 2, "ports").

@@ -483,7 +483,13 @@ class StateDir:
         state = raw["state"]
         if state != "nothing":
             _text(raw, "state", _DIGEST)
-        return {"backend": self._backend(raw["backend"]), "policy": _text(raw, "policy", _DIGEST),
+        files = []
+        for item in raw.get("files", []):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[0].startswith("/")
+                    and "\0" not in item[0] and isinstance(item[1], str) and _DIGEST.fullmatch(item[1])):
+                raise ValueError("files is not a list of [absolute path, digest]")
+            files.append(item)
+        return {"backend": self._backend(raw["backend"]), "policy": _text(raw, "policy", _DIGEST), "files": files,
                 "facts": checked_facts, "ruleset": _text(raw, "ruleset", _DIGEST),
                 "inputs": _text(raw, "inputs", _DIGEST), "generation": generation, "state": state}
 

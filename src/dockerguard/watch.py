@@ -39,7 +39,8 @@ class WatchStats:
 
 class Watcher:
     def __init__(self, engine: Engine, load_policy: Callable[[], Policy], docker: EventSource | None, *,
-                 interval: float = 5.0, max_backoff: float = 60.0, policy_path: str | None = None) -> None:
+                 interval: float = 5.0, max_backoff: float = 60.0, policy_path: str | None = None,
+                 on_check: Callable[[bool, str], None] | None = None) -> None:
         self.engine = engine
         self.load_policy = load_policy
         self.policy_path = policy_path  # given: checks take the engine's cheap path for an unchanged file
@@ -47,6 +48,8 @@ class Watcher:
         self.interval = interval
         self.max_backoff = max_backoff
         self.stats = WatchStats()
+        # after every check: (policy in place?, one line on the state) -- systemd's READY/STATUS/WATCHDOG
+        self.on_check = on_check or (lambda ok, status: None)
         self._backoff = min(1.0, max_backoff)
 
     def reconcile(self, reason: str) -> bool:
@@ -59,6 +62,7 @@ class Watcher:
         except DockerguardError as exc:
             self.stats.failures += 1
             log.error("%s: could not apply, the installed rules stay as they are: %s", reason, exc)
+            self.on_check(False, f"{reason}: could not apply ({str(exc).splitlines()[0]}); the installed rules stay")
             return False
         if result.changed:
             self.stats.repairs += 1
@@ -68,6 +72,8 @@ class Watcher:
                 log.info("  %s", resolution.describe())
         else:
             log.debug("%s: rules in place (ruleset %s)", reason, result.digest)
+        self.on_check(True, f"ruleset {result.digest} in place ({result.backend}); since start {self.stats.repairs} "
+                            f"repairs, {self.stats.failures} failures")
         return True
 
     def run(self, stop: threading.Event, *, until: float | None = None) -> WatchStats:

@@ -16,6 +16,7 @@ SCRIPTS = {
     "apply.py": "| backend | N sources | dockerguard apply (s) |",
     "startup.py": "| command | median (ms) |",
     "packet_path.py": "| backend | allowed sources per family |",
+    "blocklist.py": "| backend | CIDRs | dockerguard apply (s) |",
 }
 
 

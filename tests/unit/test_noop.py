@@ -86,3 +86,17 @@ def test_another_backend_asked_for_takes_the_full_path(kernel: FakeNftKernel, po
     other = FakeNftKernel()
     assert Engine(NftBackend(other), discover=lambda containers: Discovery(frozenset({("tcp", 8080)}))
                   ).apply_file(policy).changed  # same name, but its kernel holds nothing
+
+
+def test_a_changed_sources_file_is_never_taken_for_a_no_op(kernel: FakeNftKernel, tmp_path: Path) -> None:
+    """The policy file's bytes are the same, but the blocklist it names is not: the full path runs."""
+    listed = tmp_path / "block.netset"
+    listed.write_text("203.0.113.0/25\n")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY + '[[deny]]\nsources_file = "block.netset"\n')
+    assert engine(kernel).apply_file(policy).changed
+    assert not engine(kernel).apply_file(policy).changed
+    listed.write_text("203.0.113.0/25\n192.0.2.7\n")
+    result = engine(kernel).apply_file(policy)
+    assert result.changed and "192.0.2.7" in str(NftBackend(kernel).snapshot().data)
+    assert not engine(kernel).apply_file(policy).changed

@@ -73,7 +73,7 @@ class Topology:
     """
 
     flavour: str | None = "iptables-legacy"
-    ready_timeout: float = 10.0
+    ready_timeout: float = 30.0  # a loaded CI machine starts Python servers slowly
     namespaces: dict[str, str] = field(init=False)
     build_seconds: float = field(init=False, default=0.0)
     _servers: list[_Server] = field(init=False, default_factory=list)
