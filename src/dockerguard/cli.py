@@ -447,6 +447,114 @@ def _print_wide(renderable: Any) -> None:
 
 
 @app.command()
+def metrics(
+    backend: Optional[str] = BackendOption,
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="Attribute counters to this policy's entries; report drift and which "
+                                     "published ports its allows cover."),
+    textfile: Optional[str] = typer.Option(
+        None, "--textfile", metavar="PATH",
+        help="Write to PATH (temporary file renamed into place: node_exporter's textfile collector) instead of "
+             "stdout."),
+    state_dir: Optional[str] = StateDirOption,
+) -> None:
+    """Prometheus text exposition of the installed rules' counters: per policy entry, the defaults' drops per
+    path, every rule; with -c also drift and published ports; the ban sets' size, the last apply."""
+    from . import metrics as exposition  # prometheus_client loads only here
+
+    report = _engine(backend, state_dir=state_dir).metrics(load_policy(config) if config else None)
+    for note in report.notes:
+        _notice(f"note: {note}")
+    if textfile is None:
+        sys.stdout.write(exposition.exposition(report))
+        return
+    try:
+        exposition.write_textfile(report, textfile)
+    except OSError as exc:
+        raise UsageError(f"cannot write {textfile}: {exc}") from None
+
+
+@app.command("trace")
+def trace_command(
+    source: str = typer.Argument(..., metavar="SRC", help="The client's address (IPv4 or IPv6)."),
+    port: int = typer.Argument(..., metavar="DPORT", help="The host port it connects to (the published port)."),
+    proto: str = typer.Option("tcp", "--proto", help="tcp or udp."),
+    path: str = typer.Option("forward", "--path",
+                             help="forward: to a container through a published port; input: addressed to the host "
+                                  "(docker-proxy's path, [host])."),
+    interface: Optional[str] = typer.Option(None, "--interface", "-i", help="The interface it enters (default: an "
+                                                                             "external one)."),
+    live: Optional[float] = typer.Option(
+        None, "--live", metavar="SECONDS",
+        help="nft backend: also watch the kernel trace such packets for SECONDS (nft monitor trace; a temporary "
+             "rule in dockerguard's own table marks them, removed afterwards). Send the connection meanwhile."),
+    config: str = PolicyOption,
+    backend: Optional[str] = BackendOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Which rule of the policy decides a new connection from SRC to DPORT: walks the compiled rules in the
+    order every backend installs them (bans, denies, allows, default) and prints the deciding one."""
+    from .net import PROTOCOLS, AddressError, parse_network
+    from .trace import PATHS, Connection
+
+    try:
+        address = parse_network(source)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    if address.prefixlen != address.max_prefixlen:
+        raise UsageError(f"SRC must be one address, not the network {source}")
+    if proto not in PROTOCOLS:
+        raise UsageError(f"--proto must be one of {', '.join(PROTOCOLS)}, not {proto!r}")
+    if path not in PATHS:
+        raise UsageError(f"--path must be one of {', '.join(PATHS)}, not {path!r}")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"DPORT must be 1-65535, not {port}")
+    engine = _engine(backend)
+    policy = load_policy(config)
+    connection = Connection(address, port, proto, path, interface)
+    decision = engine.trace(policy, connection)
+    events: tuple[Any, ...] = ()
+    if live is not None:
+        _notice(f"tracing packets from {source} to {port}/{proto} for {live:g} s: send the connection now")
+        events = engine.live_trace(policy, connection, live)
+    if as_json:
+        _print_json({"source": source, "port": port, "proto": proto, "path": path, "interface": interface,
+                     **asdict(decision), **({"live": [asdict(event) for event in events]} if live is not None else {})})
+        return
+    where = f" (chain {decision.role})" if decision.role else ""
+    entry = f"{decision.section}[{decision.entry}]" if decision.section is not None else decision.kind
+    comment = f" \"{decision.comment}\"" if decision.comment else ""
+    out.print(f"{source} -> {port}/{proto} ({path}): {decision.verdict.upper()}", soft_wrap=True)
+    out.print(f"decided by {entry}{comment}: {decision.rule}{where}", soft_wrap=True)
+    for other in decision.also:
+        out.print(f"also matching (not reached): {other}", soft_wrap=True)
+    if decision.steps:
+        table = _table("chain", "kind", "rule", "matches", "verdict")
+        for step in decision.steps:
+            table.add_row(step.role, step.kind, step.rule, "yes" if step.matched else "no", step.verdict or "")
+        _print_wide(table)
+    for note in decision.notes:
+        out.print(f"note: {note}", soft_wrap=True)
+    if live is not None:
+        _print_live(events)
+
+
+def _print_live(events: Sequence[Any]) -> None:
+    """Per traced packet, the rules of ours it met and the verdict of the last one; others' rules dimmed."""
+    if not events:
+        out.print("live: no matching packet was traced", soft_wrap=True)
+        return
+    packets: dict[str, list[Any]] = {}
+    for event in events:
+        packets.setdefault(event.trace, []).append(event)
+    for number, (trace_id, seen) in enumerate(packets.items(), start=1):
+        out.print(f"live packet {number} (trace id {trace_id}):", soft_wrap=True)
+        for event in seen:
+            out.print(f"  {event.table} {event.chain}: {event.rule} -> {event.verdict}",
+                      style="" if event.ours else "dim", soft_wrap=True)
+
+
+@app.command()
 def audit(
     positional: Optional[str] = PolicyArgument,
     config: Optional[str] = PolicyOption,

@@ -19,9 +19,9 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import published
 from . import state as state_module
@@ -62,6 +62,10 @@ from .model import Ruleset
 from .net import AddressError, Network, parse_network
 from .policy import DEFAULT_DOCKER_SOCKET, MAX_SOURCES_FILE, Policy, load_policy, read_bounded, source_digest
 from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+
+if TYPE_CHECKING:
+    from .metrics import MetricsReport
+    from .trace import Connection, Decision
 
 # How long a changed [host] section stays on probation when the user gave no --confirm.
 HOST_GUARD_SECONDS = 120.0
@@ -687,6 +691,74 @@ class Engine:
         installed = backend.installed()
         return audit(backend.name, ruleset, backend.exposure(installed), self.discovery,
                      in_sync=installed == backend.expected(ruleset), path=backend.path_report())
+
+    def metrics(self, policy: Policy | None = None) -> MetricsReport:
+        """The installed rules' counters (attributed to `policy`'s entries when given), drift from it, which
+        published ports its allows cover, the ban sets' size and the newest recorded apply (`dockerguard
+        metrics`). Reads only."""
+        from .metrics import MetricsReport
+
+        backend, _ = self.backend(policy)
+        backend.ensure_available()
+        notes: list[str] = []
+        ruleset, published_ports, drift = None, None, None
+        installed = backend.installed()
+        if policy is not None:
+            ruleset = self.compile(policy)
+            if not policy.filter_proxy_path:  # compile did not look for them
+                self.discovery = self._discover(
+                    lambda: (self._docker or DockerClient(policy.docker_socket)).containers())
+            published_ports = frozenset(self.discovery.ports)
+            drift = installed != backend.expected(ruleset)
+        banned = None
+        try:
+            banned = len(backend.bans()) if installed is not None else None
+        except DockerguardError as exc:  # no ban sets with this backend or ruleset
+            notes.append(f"ban sets: {exc}")
+        last_apply = None
+        try:
+            applies = [entry.timestamp for entry in self.state.history() if entry.action == "apply"]
+            last_apply = max(applies) if applies else None
+        except StateError as exc:
+            notes.append(f"history: {exc}")
+        return MetricsReport(backend.name, backend.counters(ruleset, installed), installed is not None, ruleset,
+                             published_ports, drift, last_apply, banned, tuple(notes))
+
+    def trace(self, policy: Policy, connection: Connection) -> Decision:
+        """Which rule of `policy` (compiled) decides a new `connection`; notes whether the installed rules
+        are that policy's, and checks the ban sets when the backend can read them. Changes nothing."""
+        from .trace import trace
+
+        ruleset = self.compile(policy)
+        backend, _ = self.backend(policy)
+        notes: list[str] = []
+        banned: tuple[Network, ...] = ()
+        try:
+            backend.ensure_available()
+            installed = backend.installed()
+            if installed is None:
+                notes.append(f"nothing of dockerguard is installed ({backend.name}): this is what the policy "
+                             "would decide once applied")
+            elif installed != backend.expected(ruleset):
+                notes.append(f"the installed rules ({backend.name}) differ from the policy: this is what the policy "
+                             "decides once applied (see `dockerguard diff`)")
+            if ruleset.bans and installed is not None:
+                banned = tuple(parse_network(ban.network) for ban in backend.bans())
+        except DockerguardError as exc:
+            notes.append(f"the installed rules were not read ({exc}): this is what the policy decides")
+        decision = trace(ruleset, connection, banned)
+        return replace(decision, notes=(*decision.notes, *notes))
+
+    def live_trace(self, policy: Policy, connection: Connection, seconds: float) -> tuple[Any, ...]:
+        """The kernel's trace of matching packets for `seconds` (nft only; see backends.nft.live). The
+        temporary rule comes and goes under the ruleset lock; the watch in between does not hold it."""
+        backend, _ = self.backend(policy)
+        backend.ensure_available()
+        if connection.interface is not None:
+            raise UsageError("--live traces packets on every external interface: leave out --interface")
+        return backend.live_trace(connection.source, connection.proto, connection.port, connection.path, seconds,
+                                  lambda: ruleset_lock("dockerguard trace --live", state_module.LOCK_TIMEOUT,
+                                                       self._notify))
 
     def remove(self) -> tuple[str, ...]:
         """Delete everything dockerguard installed: with the backend asked for, or, when none was, with every

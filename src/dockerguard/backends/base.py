@@ -8,6 +8,8 @@ remove its own objects. Drivers never print and never hold UI text beyond error 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -265,6 +267,13 @@ class Backend(ABC):
                 origin = RuleOrigin(guess_kind(rule.description), role, family)
             found.append(RuleCounter(rule.chain, rule.description, origin, rule.packets, rule.bytes))
         return tuple(found)
+
+    def live_trace(self, source: Network, proto: str, port: int, path: str, seconds: float,
+                   locked: Callable[[], AbstractContextManager[object]]) -> tuple[Any, ...]:
+        """Watch the kernel trace packets of `source` to `port` for `seconds` (`dockerguard trace --live`):
+        the rules they meet, in order; whatever it changes, it changes under `locked()`. Only drivers whose
+        kernel interface can trace override this."""
+        raise UsageError(f"backend {self.name!r} cannot trace live (only nft can)")
 
     def availability(self) -> ProbeResult:
         """`probe()` for this instance (a driver talking to a fake kernel probes that instead)."""

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Sequence
+from typing import IO
 
 from ..model import Family, Role
 
@@ -103,6 +104,17 @@ def run_tool(argv: Sequence[str], input: str | None = None,
     # argv[0] stays the name: multi-call binaries (xtables-nft-multi) dispatch on it.
     return subprocess.run(command, executable=path, input=input, capture_output=True, text=True, timeout=timeout,
                           check=False)
+
+
+def start_tool(argv: Sequence[str], output: IO[str]) -> subprocess.Popen[str]:
+    """Start a long-running firewall tool (`nft monitor trace`), found like `run_tool`'s, writing stdout and
+    stderr to `output`; the caller stops it. FileNotFoundError when the tool is not in the search path."""
+    command = list(argv)
+    path = find_tool(command[0])
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, f"{command[0]} not found in {tool_search_path() or 'an empty PATH'}",
+                                command[0])
+    return subprocess.Popen(command, executable=path, stdout=output, stderr=subprocess.STDOUT, text=True)
 
 
 def tool_complaint(proc: subprocess.CompletedProcess[str]) -> str:

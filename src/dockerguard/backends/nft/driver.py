@@ -7,6 +7,8 @@ Every kernel call goes through an `NftClient`: libnftables by default, `FakeNftK
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ...errors import DockerguardError, StateError, TransactionError
@@ -187,6 +189,12 @@ class NftBackend(Backend):
         from .origins import chain_role
 
         return chain_role(chain)
+
+    def live_trace(self, source: Network, proto: str, port: int, path: str, seconds: float,
+                   locked: Callable[[], AbstractContextManager[object]]) -> tuple[Any, ...]:
+        from .live import watch
+
+        return watch(self.client, source, proto, port, path, seconds, locked)
 
     def is_host_set(self, name: str) -> bool:
         return name.startswith(f"{NFT_SET_PREFIX[Role.HOST]}_")

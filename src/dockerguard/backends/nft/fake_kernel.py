@@ -159,6 +159,21 @@ class FakeNftKernel:
                 raise _Refused(f"{_ENOENT} (chain {target})")
         table.rules[spec["chain"]].append({**_strip(spec), "handle": self._next_handle()})
 
+    def _insert_rule(self, spec: dict[str, Any]) -> None:
+        """At the top of its chain (`dockerguard trace --live`'s marking rule)."""
+        self._add_rule(spec)
+        rules = self._table(spec["family"], spec["table"]).rules[spec["chain"]]
+        rules.insert(0, rules.pop())
+
+    def _delete_rule(self, spec: dict[str, Any]) -> None:
+        table = self._table(spec["family"], spec["table"])
+        self._chain(table, spec["chain"])
+        rules = table.rules[spec["chain"]]
+        kept = [rule for rule in rules if rule["handle"] != spec["handle"]]
+        if len(kept) == len(rules):
+            raise _Refused(f"{_ENOENT} (rule handle {spec['handle']})")
+        table.rules[spec["chain"]] = kept
+
     # -- listing ---------------------------------------------------------------------------------
     def _list(self, what: dict[str, Any]) -> list[dict[str, Any]]:
         (kind, spec), = what.items()
