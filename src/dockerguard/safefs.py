@@ -330,6 +330,8 @@ def _check_own_file(info: os.stat_result, where: str) -> None:
                          "refusing to use it")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise StateError(f"{where} is writable by {_who(info.st_mode)} (mode {_mode(info)}): refusing to use it")
+    if info.st_nlink == 0:  # deleted between open and fstat (a confirm racing the timer): it is gone
+        raise FileNotFoundError(errno.ENOENT, "deleted while being read", where)
     if info.st_nlink != 1:
         raise StateError(f"{where} has {info.st_nlink} hard links: refusing to use it")
 

@@ -1,5 +1,6 @@
 """Unit tests never read the host: published-port discovery (Docker API, the kernel's DNAT rules,
-docker-proxy processes) finds nothing unless a test says otherwise, and the ruleset locks are private."""
+docker-proxy processes) finds nothing unless a test says otherwise, the host's network interfaces are a
+fixed set (a VM without eth0 must not change a CLI's output), and the ruleset locks are private."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from dockerguard import published
 @pytest.fixture(autouse=True)
 def no_published_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(published, "discover", lambda containers, **_: published.Discovery())
+
+
+@pytest.fixture(autouse=True)
+def fixed_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockerguard import lint
+
+    monkeypatch.setattr(lint, "interface_names", lambda: {"lo", "eth0", "eth1", "docker0"})
 
 
 @pytest.fixture(autouse=True)

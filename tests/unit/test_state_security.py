@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -583,8 +584,15 @@ def test_the_cli_prints_whom_it_waits_for(tmp_path: Path) -> None:
         # `rollback` with an empty history touches no kernel: it only waits, then finds nothing to do.
         proc = subprocess.Popen([sys.executable, "-m", "dockerguard", "rollback", "--state-dir", str(state)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(2.5)
-    _, err = proc.communicate(timeout=60)
+        # Hold the lock until the CLI says it waits (a slow machine may take seconds to start Python).
+        assert proc.stderr is not None
+        waited = ""
+        deadline = time.monotonic() + 60
+        while "waiting for" not in waited and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 1)[0]:
+                waited += proc.stderr.readline()
+    _, rest = proc.communicate(timeout=60)
+    err = waited + rest
     assert proc.returncode == 1
     assert f"waiting for the lock held by pid {os.getpid()} (dockerguard apply, since " in " ".join(err.split())
     assert "nothing to roll back" in err
