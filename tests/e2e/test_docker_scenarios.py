@@ -455,7 +455,8 @@ def test_host_protection_closes_the_docker_proxy_gap(case: Case, tmp_path: Path,
     guard = Guarded(host, backend, tmp_path)
     host.run_web("legacy4", publish=["9191:80"])
     host.wait_reachable(_patient([Probe(9191), Probe(9191, OTHER_V6, family=6)]))
-    guard.policy.write_text('filter_proxy_path = false\n[[allow]]\nports = [8080]\n[host]\n[[host.allow]]\nports = [22]\n')
+    guard.policy.write_text('filter_proxy_path = false\n[[allow]]\nports = [8080]\n'
+                            '[host]\n[[host.allow]]\nports = [22]\n')
     guard.cli("apply", "-c", str(guard.policy), "--backend", backend, "--no-guard")
     guard.expect({Probe(9191, OTHER_V4): False, Probe(9191, OTHER_V6, family=6): False})
 
