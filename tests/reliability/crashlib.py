@@ -51,13 +51,14 @@ def require_environment() -> None:
 
 def sources(count: int) -> list[str]:
     """`count` single-address sources, half IPv4 and half IPv6, from the documentation ranges; beyond
-    their 762 IPv4 hosts, 10.0.0.0/8 addresses (set members only: no packet is ever sent from them)."""
+    their 381 odd IPv4 hosts, 10.0.0.0/8 addresses (set members only: no packet is ever sent from them).
+    No two are adjacent, so the compiler cannot merge them into prefixes: `count` set elements."""
     v4: list[str] = []
     for net in ("198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24"):
-        v4 += [str(host) for host in ipaddress.ip_network(net).hosts()]
+        v4 += [str(host) for host in ipaddress.ip_network(net).hosts() if int(host) % 2]
     half = count // 2
     v4 = v4[:half] + [str(ipaddress.ip_address(0x0A000000 + 4 * i + 1)) for i in range(max(0, half - len(v4)))]
-    v6 = [f"2001:db8::{i:x}" for i in range(1, count - half + 1)]
+    v6 = [f"2001:db8::{2 * i + 1:x}" for i in range(count - half)]
     return v4 + v6
 
 
@@ -170,6 +171,21 @@ class Netns:
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
                               timeout=timeout, check=check, input=input, env=self.env)
+
+    def hold_ruleset_lock(self) -> subprocess.Popen[str]:
+        """A process that holds this namespace's ruleset lock (as "dockerguard test-holder") until a line
+        is written to its stdin; returns once it holds it."""
+        code = ("import sys\nfrom dockerguard.locking import ruleset_lock\n"
+                "with ruleset_lock('dockerguard test-holder', 30):\n"
+                "    print('held', flush=True)\n    sys.stdin.readline()\n")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", code],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env,
+                                start_new_session=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "held":
+            kill_group(proc)
+            raise AssertionError("the lock holder did not start")
+        return proc
 
     def policy(self, text: str, name: str) -> str:
         path = self.tmp / f"{self.name}-{name}.toml"
