@@ -314,7 +314,8 @@ class Engine:
                 generation = backend.generation()
                 verified = backend.installed()
                 if verified != plan.expected:
-                    raise ApplyError("verification failed: the rules read back differ from the rules sent")
+                    raise ApplyError(f"{backend.name}: verification failed: the rules read back differ from the "
+                                     "rules sent")
                 record("verify", "rules read back equal the rules sent")
             except DockerguardError as exc:
                 self._undo_failed_apply(backend, snapshot, exc, record)
@@ -325,7 +326,8 @@ class Engine:
                 self.state.clear_intent()
                 if isinstance(exc, ApplyError):
                     raise
-                raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
+                # Name the driver: its tools' messages do not always (python-iptables, nftables).
+                raise ApplyError(f"{backend.name}: {exc}; the previous ruleset was restored") from exc
             self.state.clear_intent()
             if armed is None:  # a pending confirmation may still roll it back: nothing to remember yet
                 self._remember(backend, policy, plan.ruleset, verified, generation)

@@ -36,7 +36,7 @@ def test_failed_transaction_restores_previous_ruleset() -> None:
     engine.apply(POLICY)
     before = fake.kernel
     fake.fail_next_apply = True
-    with pytest.raises(ApplyError, match="previous ruleset was restored"):
+    with pytest.raises(ApplyError, match=r"^fake: fake kernel refused the transaction; the previous ruleset was"):
         engine.apply(OTHER)
     assert fake.kernel == before
 
@@ -47,7 +47,7 @@ def test_verification_failure_restores_previous_ruleset() -> None:
     engine.apply(POLICY)
     before = fake.kernel
     fake.corrupt_next_apply = True
-    with pytest.raises(ApplyError, match="verification failed"):
+    with pytest.raises(ApplyError, match=r"^fake: verification failed"):
         engine.apply(OTHER)
     assert fake.kernel == before
 
