@@ -666,7 +666,7 @@ class Engine:
                 history=tuple(HistorySummary(e.number, e.backend, e.timestamp, e.action, e.policy_digest)
                               for e in self.state.history()),
                 last_rollback=self.state.last_rollback(),
-                unfinished=self.state.intent())
+                unfinished=_dead(self.state.intent()))
         except StateError as exc:
             state["state_error"] = str(exc)
         return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
@@ -774,6 +774,20 @@ class Engine:
         with ruleset_lock(f"dockerguard {command}", state_module.LOCK_TIMEOUT, self._notify), \
                 self.state.locked(f"dockerguard {command}", timeout=remaining(deadline), on_wait=self._notify):
             yield
+
+
+def _dead(intent: Intent | None) -> Intent | None:
+    """`intent` unless its process still runs: status takes no lock, and a change under way is not an
+    interrupted one."""
+    if intent is None:
+        return None
+    try:
+        os.kill(intent.pid, 0)
+    except ProcessLookupError:
+        return intent
+    except OSError:  # EPERM: it runs, as another user
+        return None
+    return None
 
 
 def _ban_network(address: str) -> Network:

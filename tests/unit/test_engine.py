@@ -149,7 +149,7 @@ class HalfwayKilled(FakeBackend):
         super()._write(state)
 
 
-def test_an_apply_killed_half_way_is_reported_and_undone_first_by_the_next_apply(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_apply_killed_half_way_is_reported_and_undone_first_by_the_next_apply(tmp_path, mocker) -> None:  # type: ignore[no-untyped-def]
     fake = HalfwayKilled()
     heard: list[str] = []
     Engine(fake, state_dir=tmp_path).apply(POLICY)
@@ -158,6 +158,11 @@ def test_an_apply_killed_half_way_is_reported_and_undone_first_by_the_next_apply
     with pytest.raises(SystemExit):
         Engine(fake, state_dir=tmp_path).apply(OTHER)
     assert fake.kernel not in (old, fake.expected(Engine(fake).compile(OTHER)))  # half changed
+    status = Engine(fake, state_dir=tmp_path).status(OTHER)
+    # The "killed" process is this one, still running: status takes no lock and must not cry wolf while
+    # a change is under way.
+    assert status.unfinished is None
+    mocker.patch("dockerguard.engine.os.kill", side_effect=ProcessLookupError)
     status = Engine(fake, state_dir=tmp_path).status(OTHER)
     assert status.unfinished is not None and status.unfinished.action == "apply" and status.unfinished.entry == 2
     engine = Engine(fake, state_dir=tmp_path, notify=heard.append)
@@ -180,7 +185,7 @@ def test_a_rollback_killed_half_way_is_finished_by_the_next_rollback(tmp_path) -
         Engine(fake, state_dir=tmp_path).rollback()
     assert fake.kernel != old
     engine = Engine(fake, state_dir=tmp_path)
-    assert engine.status().unfinished.action == "rollback"  # type: ignore[union-attr]
+    assert engine.state.intent().action == "rollback"  # type: ignore[union-attr]
     result = engine.rollback()
     assert (result.entry, result.reason) == (2, "interrupted") and fake.kernel == old
     assert [entry.number for entry in engine.state.history()] == [1]
