@@ -192,3 +192,17 @@ def test_killed_between_the_two_families_is_reported_and_repaired(backend: str, 
         finished = ns.cli("rollback")
         assert "was interrupted before it finished" in finished.stderr and ns.ours(backend) == old
         assert ns.cli("status", "--backend", backend, "-c", policies[0]).returncode == 0
+
+        # A remove killed between the families: IPv4 removed, IPv6 not; the next remove finishes it, and
+        # its rollback brings back both families as they were.
+        ns.cli("apply", "-c", policies[1], "--backend", backend)
+        died = ns.run(sys.executable, "-c", DIE_BETWEEN_FAMILIES, "remove", "--backend", backend, check=False)
+        assert died.returncode == 137, died
+        half = ns.ours(backend)
+        assert "DOCKERGUARD" not in half["ipv4"][0] and half["ipv6"] == new["ipv6"]
+        assert "interrupted" in ns.cli("status", "--backend", backend, check=False).stdout
+        removed = ns.cli("remove", "--backend", backend)
+        assert "was interrupted before it finished" in removed.stderr
+        assert not any("DOCKERGUARD" in ns.ours(backend)[family][0] for family in ("ipv4", "ipv6"))
+        ns.cli("rollback")
+        assert ns.ours(backend) == new
