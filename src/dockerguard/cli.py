@@ -288,7 +288,7 @@ def _print_status(result: Status) -> None:
         grid.add_row("interrupted", _text(
             f"the last {unfinished.action} ({unfinished.backend}, pid {unfinished.pid}, {_when(unfinished.started)}) "
             "was interrupted before it finished: the ruleset may be half changed (e.g. IPv4 new, IPv6 old); the "
-            f"next apply, rollback or remove first restores the one from before it (history entry {unfinished.entry})",
+            f"next apply, rollback or remove first restores the ruleset saved in history entry {unfinished.entry}",
             style="red"))
     for interrupted in result.interrupted:
         grid.add_row("rollback", _text(f"rollback of ruleset {interrupted.policy_digest} did not finish: "

@@ -563,7 +563,8 @@ class Engine:
             record("interrupted", f"{what}, after it was done")
             return None
         entry = self.state.entry(intent.entry)
-        self._notify(f"warning: {what}: restoring the ruleset from before it (history entry {entry.number}) "
+        self._notify(f"warning: {what}: restoring the ruleset saved in history entry {entry.number} "
+                     f"({'the one the rollback restores' if intent.action == 'rollback' else 'from before it'}) "
                      "in both families")
         requested = self._requested
         backend = (requested if isinstance(requested, Backend) and requested.name == entry.backend
@@ -574,7 +575,7 @@ class Engine:
         if intent.token is not None:
             self.state.unlink_pending(intent.token)  # its timer stands down: nothing left to undo
         self.state.clear_intent()
-        record("interrupted", f"{what}: the ruleset from before it is back (entry {entry.number} dropped)")
+        record("interrupted", f"{what}: the ruleset saved in entry {entry.number} is back (entry dropped)")
         return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "interrupted",
                               tuple(record.steps))
 
