@@ -345,7 +345,8 @@ def status(
     [{level, message}], diff, pending, interrupted, history [{number, backend, timestamp, action,
     policy_digest}], last_rollback, state_dir, state_error, policy_path, entries [{section (allow, deny,
     host), number, entry, ports, proto, sources, limits, packets, bytes (null: not installed), shared,
-    published ["8080/tcp"]}], drops [{path (forward, docker-proxy, host), verdict, packets, bytes}]."""
+    published ["8080/tcp"]}], drops [{path (forward, docker-proxy, host), verdict, packets, bytes}],
+    unfinished (null, or the change killed half way: {action, backend, pid, started, entry, ...})."""
     config = _policy_path(positional, config, default=None)
     policy = load_policy(config) if config else None
     result = _engine(backend, state_dir=state_dir).status(policy)
@@ -375,6 +376,13 @@ def _print_status(result: Status) -> None:
                 if left > 0 else f"apply --confirm of ruleset {result.pending.policy_digest}: OVERDUE by "
                                  f"{-left:.0f} s (its timer is gone; the next apply or rollback does it)")
         grid.add_row("pending", _text(text, style="yellow"))
+    if result.unfinished is not None:
+        unfinished = result.unfinished
+        grid.add_row("interrupted", _text(
+            f"the last {unfinished.action} ({unfinished.backend}, pid {unfinished.pid}, {_when(unfinished.started)}) "
+            "was interrupted before it finished: the ruleset may be half changed (e.g. IPv4 new, IPv6 old); the "
+            f"next apply, rollback or remove first restores the ruleset saved in history entry {unfinished.entry}",
+            style="red"))
     for interrupted in result.interrupted:
         grid.add_row("rollback", _text(f"rollback of ruleset {interrupted.policy_digest} did not finish: "
                                       "run `dockerguard rollback`", style="red"))

@@ -61,7 +61,7 @@ from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .net import AddressError, Network, parse_network
 from .policy import DEFAULT_DOCKER_SOCKET, MAX_SOURCES_FILE, Policy, load_policy, read_bounded, source_digest
-from .state import Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+from .state import Intent, Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 if TYPE_CHECKING:
     from .metrics import MetricsReport
@@ -153,6 +153,7 @@ class Status:
     policy_path: str | None = None
     entries: tuple[EntryRow, ...] = ()
     drops: tuple[PathDrops, ...] = ()
+    unfinished: Intent | None = None  # a change killed half way: the next apply, rollback or remove repairs it
 
 
 class _Recorder:
@@ -307,6 +308,7 @@ class Engine:
         backend, detection = self.backend(policy)
         record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
         with self._locked("apply"):
+            self._settle_unfinished(record)
             pending = self._settle_pending(record)
             plan = self.plan(policy)
             digest = plan.ruleset.digest
@@ -333,13 +335,15 @@ class Engine:
             armed = None
             if confirm is not None:
                 armed = self._arm_timer(backend, digest, confirm, entry.number, snapshot, plan.installed, record)
+            self._begin("apply", backend, entry.number, armed.token if armed is not None else None)
             try:
                 backend.apply(plan.rendered)
                 record("transaction", "sent in one atomic transaction")
                 generation = backend.generation()
                 verified = backend.installed()
                 if verified != plan.expected:
-                    raise ApplyError("verification failed: the rules read back differ from the rules sent")
+                    raise ApplyError(f"{backend.name}: verification failed: the rules read back differ from the "
+                                     "rules sent")
                 record("verify", "rules read back equal the rules sent")
             except DockerguardError as exc:
                 self._undo_failed_apply(backend, snapshot, exc, record)
@@ -347,9 +351,12 @@ class Engine:
                 self.state.drop(entry.number)
                 if armed is not None:
                     self.state.unlink_pending(armed.token)
+                self.state.clear_intent()
                 if isinstance(exc, ApplyError):
                     raise
-                raise ApplyError(f"{exc}; the previous ruleset was restored") from exc
+                # Name the driver: its tools' messages do not always (python-iptables, nftables).
+                raise ApplyError(f"{backend.name}: {exc}; the previous ruleset was restored") from exc
+            self.state.clear_intent()
             if armed is None:  # a pending confirmation may still roll it back: nothing to remember yet
                 self._remember(backend, policy, plan.ruleset, verified, generation)
             return ApplyResult(backend.name, True, digest, tuple(record.steps), entry.number, armed)
@@ -380,7 +387,7 @@ class Engine:
         objects. None otherwise."""
         with self._locked("apply"):
             known = self.state.installed_record()
-            if known is None or self.state.pending() is not None:
+            if known is None or self.state.pending() is not None or self.state.intent() is not None:
                 return None
             if source_digest(path.read_bytes()) != known["policy"]:
                 return None
@@ -539,6 +546,9 @@ class Engine:
         record = _Recorder()
         try:
             with self._locked("rollback"):
+                settled = self._settle_unfinished(record)
+                if settled is not None:  # the interrupted change is undone (or its rollback finished)
+                    return settled
                 for interrupted in self.state.claimed():  # under the lock: no timer is working on it
                     record("retry", f"finishing the interrupted rollback of {interrupted.pending.token}")
                     return self._undo_claimed(interrupted, "rollback", record)
@@ -553,18 +563,58 @@ class Engine:
                     raise StateError(f"nothing to roll back: no change recorded in {self.state.history_dir}")
                 entry = self.state.entry(numbers[-1])
                 backend = self._backend_named(entry.backend)
+                self._begin("rollback", backend, entry.number)
                 try:
                     self._restore_verified(backend, entry.snapshot, entry.previous, record)
                 except StateError as exc:  # refused as data: nothing was sent
+                    self.state.clear_intent()
                     raise StateError(f"{self.state.history_dir / f'{entry.number:04d}.json'}: {exc}; move it "
                                      "away to roll back past it") from exc
                 self.state.drop(entry.number)
+                self.state.clear_intent()
                 record("history", f"dropped entry {entry.number}")
                 return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "rollback",
                                       tuple(record.steps))
         except DockerguardError as exc:
             exc.steps = tuple(record.steps)
             raise
+
+    # -- changes killed half way -------------------------------------------------------------------
+    def _begin(self, action: str, backend: Backend, entry: int, token: str | None = None) -> None:
+        """Journal the change about to be sent (see StateDir.write_intent); `clear_intent` ends it."""
+        self.state.write_intent(Intent(action, backend.name, entry, os.getpid(), time.time(), token))
+
+    def _settle_unfinished(self, record: _Recorder) -> RollbackResult | None:
+        """Under the lock: a change whose process was killed before it finished (intent.json is there)
+        may have left the ruleset half changed, e.g. IPv4 new and IPv6 old (the iptables drivers commit
+        each family on its own). Put back, in both families, the ruleset from before it (its history
+        entry), verify it and drop that entry; also stand its rollback timer down. Returns what was done,
+        or None when nothing was unfinished."""
+        intent = self.state.intent()
+        if intent is None:
+            return None
+        what = (f"the {intent.action} begun by pid {intent.pid} at {_clock(intent.started)} was interrupted "
+                "before it finished")
+        if intent.entry not in self.state.history_numbers():  # it got as far as dropping its entry
+            self.state.clear_intent()
+            record("interrupted", f"{what}, after it was done")
+            return None
+        entry = self.state.entry(intent.entry)
+        self._notify(f"warning: {what}: restoring the ruleset saved in history entry {entry.number} "
+                     f"({'the one the rollback restores' if intent.action == 'rollback' else 'from before it'}) "
+                     "in both families")
+        requested = self._requested
+        backend = (requested if isinstance(requested, Backend) and requested.name == entry.backend
+                   else self._resolved[0] if self._resolved is not None and self._resolved[0].name == entry.backend
+                   else get_backend(entry.backend))
+        self._restore_verified(backend, entry.snapshot, entry.previous, record)
+        self.state.drop(entry.number)
+        if intent.token is not None:
+            self.state.unlink_pending(intent.token)  # its timer stands down: nothing left to undo
+        self.state.clear_intent()
+        record("interrupted", f"{what}: the ruleset saved in entry {entry.number} is back (entry dropped)")
+        return RollbackResult(backend.name, entry.number, entry.action, entry.timestamp, "interrupted",
+                              tuple(record.steps))
 
     def _undo_claimed(self, claimed: PendingRecord, reason: str, record: _Recorder) -> RollbackResult:
         """Restore a claimed pending apply's snapshot; on failure the claim stays for `rollback` to retry."""
@@ -667,7 +717,8 @@ class Engine:
                 interrupted=tuple(claimed.pending for claimed in self.state.claimed()),
                 history=tuple(HistorySummary(e.number, e.backend, e.timestamp, e.action, e.policy_digest)
                               for e in self.state.history()),
-                last_rollback=self.state.last_rollback())
+                last_rollback=self.state.last_rollback(),
+                unfinished=_dead(self.state.intent()))
         except StateError as exc:
             state["state_error"] = str(exc)
         return Status(backend.name, installed, None if diff is None else not diff.changed, detection,
@@ -790,6 +841,8 @@ class Engine:
                 raise
             except StateError as exc:
                 problem = str(exc)
+            if problem is None:
+                self._settle_unfinished(record)
             pending = self._settle_pending(record) if problem is None else None
             for backend in backends:
                 backend.ensure_available()
@@ -798,17 +851,21 @@ class Engine:
                     continue
                 if pending is not None:
                     raise PendingConfirmationError(_pending_message(pending.pending))
+                recorded = None
                 if problem is None:
                     try:
-                        self.state.push(backend=backend.name, action="remove", policy_digest=None,
-                                        policy_path=None, snapshot=snapshot, previous=installed)
+                        recorded = self.state.push(backend=backend.name, action="remove", policy_digest=None,
+                                                   policy_path=None, snapshot=snapshot, previous=installed)
                         self.state.forget_installed()
+                        self._begin("remove", backend, recorded.number)
                     except StateError as exc:
                         problem = str(exc)
                 if problem is not None:
                     self._notify(f"warning: removing without recording it (`rollback` cannot undo this remove): "
                                  f"{problem}")
                 backend.remove()
+                if recorded is not None:
+                    self.state.clear_intent()
                 removed.append(backend.name)
             left = [backend.name for backend in backends if backend.installed() is not None]
         if left:
@@ -845,6 +902,20 @@ class Engine:
         with ruleset_lock(f"dockerguard {command}", state_module.LOCK_TIMEOUT, self._notify), \
                 self.state.locked(f"dockerguard {command}", timeout=remaining(deadline), on_wait=self._notify):
             yield
+
+
+def _dead(intent: Intent | None) -> Intent | None:
+    """`intent` unless its process still runs: status takes no lock, and a change under way is not an
+    interrupted one."""
+    if intent is None:
+        return None
+    try:
+        os.kill(intent.pid, 0)
+    except ProcessLookupError:
+        return intent
+    except OSError:  # EPERM: it runs, as another user
+        return None
+    return None
 
 
 def _ban_network(address: str) -> Network:

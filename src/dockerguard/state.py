@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ _BOOT_ID = re.compile(r"[0-9a-f-]{0,64}")
 _HISTORY_NAME = re.compile(r"([0-9]{1,9})\.json")
 _ACTIONS = ("apply", "remove")
 _REASONS = ("rollback", "deadline", "declined", "overdue")
+_INTENTS = ("apply", "rollback", "remove")
 _MAX_TEXT = 4096
 # The in-memory test driver (backends/fake.py) records changes too. It is no registered driver, so a
 # record naming it can never make the CLI load a driver and install anything.
@@ -106,6 +107,20 @@ class Pending:
     entry: int
     policy_digest: str
     boot_id: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A change under way (intent.json): `action` ("apply", "rollback", "remove") with `backend`, begun by
+    process `pid` at `started`; history entry `entry` holds the ruleset from before it. `token`: the
+    pending confirmation an `apply --confirm` armed for it."""
+
+    action: str
+    backend: str
+    entry: int
+    pid: int
+    started: float
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +404,35 @@ class StateDir:
         """Before anything changes the ruleset: the next apply takes the full path."""
         with contextlib.suppress(FileNotFoundError), self._root() as fd:
             safefs.unlink(fd, "installed.json")
+
+    # -- the change being made: a journal of one ----------------------------------------------------
+    def write_intent(self, intent: Intent) -> None:
+        """Before a change that sends more than one transaction (the iptables drivers send IPv4 and IPv6
+        separately) or may be killed half way: what is being done, and which history entry holds the
+        ruleset from before. Removed when the change is finished; found by the next command otherwise."""
+        with self._root(create=True) as fd:
+            _write_json(fd, self.path / "intent.json", {"format": _FORMAT, **asdict(intent)})
+
+    def clear_intent(self) -> None:
+        with contextlib.suppress(FileNotFoundError), self._root() as fd:
+            safefs.unlink(fd, "intent.json")
+
+    def intent(self) -> Intent | None:
+        """The change a dockerguard began and did not finish (it was killed), or None. A damaged file
+        is reported and ignored: the history entry it would name is still there for `rollback`."""
+        where = self.path / "intent.json"
+        try:
+            raw = self._read_json(None, "intent.json", where)
+            return Intent(_choice(raw, "action", _INTENTS), self._backend(raw["backend"]),
+                          _int(raw, "entry", 1, 10**9), _int(raw, "pid", 1, 2**31 - 1), _float(raw, "started"),
+                          _text(raw, "token", TOKEN, optional=True))
+        except FileNotFoundError:
+            return None
+        except StateError as exc:
+            self._warn(f"warning: ignored {exc}")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
+        return None
 
     # -- the timer's traces ------------------------------------------------------------------------
     def timer_pid_path(self, token: str) -> Path:

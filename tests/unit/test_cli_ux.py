@@ -268,7 +268,7 @@ sources = ["@office"]
 '''
 
 STATUS_KEYS = {"backend", "installed", "in_sync", "detection", "path", "diff", "pending", "interrupted", "history",
-               "last_rollback", "state_dir", "state_error", "policy_path", "entries", "drops"}
+               "last_rollback", "state_dir", "state_error", "policy_path", "entries", "drops", "unfinished"}
 ENTRY_KEYS = {"section", "number", "entry", "ports", "proto", "sources", "limits", "packets", "bytes", "shared",
               "published"}
 
