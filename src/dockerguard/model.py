@@ -141,13 +141,17 @@ class SourceGroup:
     @property
     def factored(self) -> bool:
         """Worth its own sets and rule: the (source, port) pairs would cost more elements than the
-        separate sets plus what one more rule weighs (FACTOR_COST elements). A group with limits always
-        is: its limits apply to it alone."""
+        separate sets plus what one more rule weighs (FACTOR_COST elements), or it has more than
+        FACTOR_SOURCES sources. A group with limits always is: its limits apply to it alone."""
         pairs = len(self.sources) * len(self.ports)
-        return self.limited or pairs > len(self.sources) + len(self.ports) + FACTOR_COST
+        # A large group is worth it even on one port: iptables then matches one ipset instead of walking a
+        # rule per source (nft pays one element and one rule more).
+        return (self.limited or pairs > len(self.sources) + len(self.ports) + FACTOR_COST
+                or len(self.sources) > FACTOR_SOURCES)
 
 
 FACTOR_COST = 8
+FACTOR_SOURCES = 64
 
 
 # -- the pieces of a chain, in the order they are judged ---------------------------------------------

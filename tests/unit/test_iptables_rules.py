@@ -397,3 +397,12 @@ def test_render_is_one_restore_text_per_family(cls: type[IptablesDriver]) -> Non
 
 def test_both_flavours_send_the_same_transaction() -> None:
     assert IptablesNftBackend(live=False).render(CLASSIC).text == IptablesLegacyBackend(live=False).render(CLASSIC).text
+
+
+def test_a_large_group_on_one_port_is_one_ipset_rule_not_a_rule_per_source() -> None:
+    """1,000 sources on a single port: with ipsets, one `-m set` rule (a rule per source would be walked
+    linearly by every new connection)."""
+    sources = ", ".join(f'"198.51.100.{i}"' if i < 256 else f'"2001:db8:7::{i:x}"' for i in range(1, 256, 2))
+    specs = chain_rules(ruleset(f"[[allow]]\nports = [8080]\nsources = [{sources}]\n").forward_chain, V4, True)
+    allows = [spec for spec in specs if "8080" in spec]
+    assert len(allows) == 1 and "--match-set" in allows[0], allows
