@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,9 +35,17 @@ EGRESS_ACTIONS = ("allow", "drop", "reject")
 ANY_SOURCE = ANY
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-# Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+# Interface names: the kernel (dev_valid_name) takes 1-15 bytes without '/', ':' or whitespace, but a name
+# lands in iptables arguments and nft strings, where '+' (iptables) and '*' (nft) are wildcards, a leading
+# '@' (nft: a set reference) or '-' (an option) changes the meaning and quotes end the string. So: ASCII
+# letters, digits, '_', '.', '@', '-', starting with a letter, digit or '_' (eth0, br-1a2b, eth0.100, wg_0).
+_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
 _MAX_COMMENT = 100
+# Comments land in nft strings, iptables-restore lines and unit files: printable text only. Refused: control
+# characters (a newline starts a line of its own), format characters (invisible; bidi overrides), line and
+# paragraph separators (U+2028/U+2029 end a line for many readers), surrogates, private and unassigned code
+# points; '"' and '\\' (they end or escape a quoted string).
+_COMMENT_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")  # Docker's network names
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
 _T = TypeVar("_T")
@@ -378,9 +387,9 @@ class _Validator:
         if not isinstance(value, list) or not value:
             raise self.fail(key, 'expected a non-empty list of interface names, e.g. ["eth0"]')
         for name in value:
-            if not isinstance(name, str) or not _IFNAME.match(name) or name in (".", ".."):
-                raise self.fail(key, f"invalid interface name {name!r} "
-                                     "(1-15 characters, no '/', ':' or spaces)")
+            if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+                raise self.fail(key, f"invalid interface name {name!r} (1-15 characters: ASCII letters, digits, "
+                                     "'_', '.', '@' or '-', starting with a letter, digit or '_'; no wildcards)")
         if len(set(value)) != len(value):
             raise self.fail(key, "interface listed twice")
         return tuple(value)
@@ -548,9 +557,14 @@ class _Validator:
 
     def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")
-        if not isinstance(comment, str) or len(comment) > _MAX_COMMENT or '"' in comment:
-            raise self.fail((*base, "comment"),
-                            f"expected text of at most {_MAX_COMMENT} characters, without '\"'")
+        if not isinstance(comment, str) or len(comment) > _MAX_COMMENT:
+            raise self.fail((*base, "comment"), f"expected text of at most {_MAX_COMMENT} characters, "
+                                                f"got {comment!r:.60}")
+        for char in comment:
+            if char in '"\\' or unicodedata.category(char) in _COMMENT_REFUSED_CATEGORIES:
+                raise self.fail((*base, "comment"),
+                                f"comment contains {char!r} ({unicodedata.name(char, 'a control character')}): "
+                                "comments are printable text without '\"' or '\\'")
         return comment
 
     def _ports(self, value: Any, key: tuple[str | int, ...]) -> tuple[PortRange, ...]:
