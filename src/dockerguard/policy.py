@@ -220,16 +220,31 @@ def source_digest(data: bytes) -> str:
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     """Validate policy TOML given as text (the file name is used in error messages only)."""
+    deep = _DEEP_KEY.search(text)
+    if deep is not None:  # tomllib takes minutes (quadratic) over a key of 100,000 dotted parts
+        line = text.count("\n", 0, deep.start()) + 1 + (text[deep.start()] == "\n")
+        raise PolicyError(f"invalid TOML: a dotted key of more than {_MAX_KEY_PARTS} parts", file=filename,
+                          line=line)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = _line_from_toml_error(str(exc), text)
         raise PolicyError(f"invalid TOML: {exc}", file=filename, line=line) from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise PolicyError("invalid TOML: arrays or tables nested too deeply", file=filename) from None
+    except ValueError as exc:  # an integer of more than 4300 digits (int()'s limit), ...
+        raise PolicyError(f"invalid TOML: {exc}", file=filename) from None
     validator = _Validator(text, filename)
     policy = validator.policy(raw)
     if validator.errors:
         raise PolicyError.of(validator.errors)
     return policy
+
+
+# No key of the schema has more than 4 parts; tomllib's time grows with the square of a key's parts.
+_MAX_KEY_PARTS = 32
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
+_DEEP_KEY = re.compile(rf"(?:^|[\[{{,])[ \t]*{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART}){{{_MAX_KEY_PARTS}}}", re.M)
 
 
 def _line_from_toml_error(message: str, text: str) -> int | None:
@@ -577,7 +592,8 @@ class _Validator:
                 raise self.fail(key, f"expected a port number or \"first-last\", got {item!r}")
             if isinstance(item, int):
                 first = last = item
-            elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
+            # ASCII: \d also takes other scripts' digits ("٨٠" is int() 80) and \s takes U+2028.
+            elif isinstance(item, str) and re.fullmatch(r"[ \t]*[0-9]{1,5}[ \t]*(-[ \t]*[0-9]{1,5}[ \t]*)?", item):
                 bounds = [int(part) for part in item.split("-")]
                 first, last = bounds[0], bounds[-1]
             else:
