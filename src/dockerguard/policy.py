@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar, Union
 
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
-from .net import ANY, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
+from .net import ANY, IFNAME, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,11 +35,6 @@ EGRESS_ACTIONS = ("allow", "drop", "reject")
 ANY_SOURCE = ANY
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-# Interface names: the kernel (dev_valid_name) takes 1-15 bytes without '/', ':' or whitespace, but a name
-# lands in iptables arguments and nft strings, where '+' (iptables) and '*' (nft) are wildcards, a leading
-# '@' (nft: a set reference) or '-' (an option) changes the meaning and quotes end the string. So: ASCII
-# letters, digits, '_', '.', '@', '-', starting with a letter, digit or '_' (eth0, br-1a2b, eth0.100, wg_0).
-_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
 _MAX_COMMENT = 100
 # Comments land in nft strings, iptables-restore lines and unit files: printable text only. Refused: control
 # characters (a newline starts a line of its own), format characters (invisible; bidi overrides), line and
@@ -402,7 +397,7 @@ class _Validator:
         if not isinstance(value, list) or not value:
             raise self.fail(key, 'expected a non-empty list of interface names, e.g. ["eth0"]')
         for name in value:
-            if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+            if not isinstance(name, str) or not IFNAME.fullmatch(name):
                 raise self.fail(key, f"invalid interface name {name!r} (1-15 characters: ASCII letters, digits, "
                                      "'_', '.', '@' or '-', starting with a letter, digit or '_'; no wildcards)")
         if len(set(value)) != len(value):
