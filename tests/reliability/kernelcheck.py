@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conftest import Netns
+from relenv import Netns
+
 from dockerguard.backends import get_backend
 from dockerguard.model import Family, Ruleset
 

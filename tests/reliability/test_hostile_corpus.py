@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 from corpus import ANY_LINE, CASES, Case
+from relenv import Netns, dockerguard_argv, throwaway_netns
 
-from conftest import Netns, dockerguard_argv, throwaway_netns
 from dockerguard.backends import DRIVERS
 
 BACKENDS = tuple(DRIVERS)  # nft, iptables-legacy, iptables-nft

@@ -15,8 +15,8 @@ from corpus import toml_string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernelcheck import kernel_refusals, render_all
+from relenv import Netns
 
-from conftest import Netns
 from dockerguard.compiler import compile_policy
 from dockerguard.errors import PolicyError
 from dockerguard.policy import parse_policy

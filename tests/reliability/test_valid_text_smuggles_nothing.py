@@ -12,8 +12,8 @@ import shlex
 import pytest
 from corpus import toml_string
 from kernelcheck import kernel_refusals, render_all
+from relenv import Netns
 
-from conftest import Netns
 from dockerguard.backends import get_backend
 from dockerguard.compiler import compile_policy
 from dockerguard.export import export_text
