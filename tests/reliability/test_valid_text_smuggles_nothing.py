@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from corpus import toml_string
-from kernelcheck import kernel_refusals, render_all
-from relenv import Netns
+from kernelcheck import Rendered, kernel_refusals, render_all
+from relenv import Netns, dockerguard_argv
 
 from dockerguard.backends import get_backend
 from dockerguard.compiler import compile_policy
 from dockerguard.export import export_text
+from dockerguard.model import Family
 from dockerguard.policy import parse_policy
 
 # Printable, so the grammar takes them; each looks like syntax of some renderer.
@@ -113,3 +115,29 @@ def test_kernel_parses_each_hostile_comment(comment: str, module_netns: Netns) -
 def test_kernel_parses_hostile_interfaces(module_netns: Netns) -> None:
     policy = parse_policy(policy_text(["c"], HOSTILE_INTERFACES))
     assert kernel_refusals(module_netns, render_all(compile_policy(policy))) == []
+
+
+def test_cli_export_of_hostile_values_smuggles_nothing(tmp_path: Path, module_netns: Netns) -> None:
+    """`dockerguard export --format nft|iptables-restore|ipset|systemd` as a process (in the namespace: no
+    Docker, nothing published): the same syntax as for benign values, and the kernel's tools load it."""
+    printed: dict[str, dict[str, str]] = {}
+    for kind, comments, interfaces in (("hostile", HOSTILE_COMMENTS, HOSTILE_INTERFACES),
+                                       ("benign", benign(HOSTILE_COMMENTS, "benign "),
+                                        benign(HOSTILE_INTERFACES, "if"))):
+        policy = tmp_path / f"{kind}.toml"
+        policy.write_text(policy_text(comments, interfaces))
+        printed[kind] = {}
+        for fmt, family in (("nft", 4), ("iptables-restore", 4), ("iptables-restore", 6), ("ipset", 4),
+                            ("systemd", 4)):
+            proc = module_netns.run([*dockerguard_argv(), "export", "--format", fmt, "-c", str(policy),
+                                     "--family", str(family)])
+            assert proc.returncode == 0, proc.stderr
+            printed[kind][f"export {fmt} {family}"] = proc.stdout
+    for name, text in printed["hostile"].items():
+        benign_text = printed["benign"][name].replace("benign.toml", "hostile.toml")
+        assert skeleton(name, text) == skeleton(name, benign_text), name
+    hostile = printed["hostile"]
+    rendered = Rendered(hostile["export nft 4"], {Family.IPV4: hostile["export iptables-restore 4"],
+                                                   Family.IPV6: hostile["export iptables-restore 6"]},
+                        hostile["export ipset 4"])
+    assert kernel_refusals(module_netns, rendered) == []
