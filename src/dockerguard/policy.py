@@ -453,8 +453,9 @@ class _Validator:
 
     def _sources_file(self, value: Any, key: tuple[str | int, ...]) -> tuple[Network, ...]:
         """A netset file (FireHOL / ipset style: one address or CIDR per line, `#` or `;` comments)."""
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise self.fail(key, f"expected the path of a file of addresses, got {value!r}")
+        # Printable only: the path is named in messages, which must stay one line each.
+        if not isinstance(value, str) or not value or not value.isprintable():
+            raise self.fail(key, f"expected the path of a file of addresses, got {value!r:.100}")
         base = Path(self.filename).parent if not self.filename.startswith("<") else Path.cwd()
         path = str(base / value)
         try:

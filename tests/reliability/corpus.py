@@ -215,6 +215,10 @@ CASES: list[Case] = [
          line=4),
     Case("sources_file a directory", allow('ports = [80]\nsources_file = "/"\n'), key="allow[1].sources_file",
          line=4),
+    Case("sources_file path with a newline and -A", allow('ports = [80]\nsources_file = "x\\n-A INPUT -j ACCEPT"\n'),
+         key="allow[1].sources_file", line=4),
+    Case("sources_file path with U+2028", allow('ports = [80]\nsources_file = "x\\u2028y"\n'),
+         key="allow[1].sources_file", line=4),
     Case("sources_file empty name", allow('ports = [80]\nsources_file = ""\n'), key="allow[1].sources_file", line=4),
     Case("deny sources_file with -A", IF + '[[deny]]\nsources_file = "bad.netset"\n', key="deny[1].sources_file",
          line=1, files={"bad.netset": "-A INPUT -j ACCEPT\n"}, named="bad.netset"),
@@ -227,4 +231,5 @@ CASES: list[Case] = [
     Case("path is a dangling symlink", special="dangling-symlink"),
     Case("path does not exist", special="missing"),
     Case("path is a 50 MB file", special="huge"),
+    Case("path with a newline in its name", special="newline-name"),
 ]

@@ -47,6 +47,10 @@ def materialise(case: Case, directory: Path) -> tuple[str, str]:
         path.symlink_to(directory / "absent.toml")
     elif case.special == "missing":
         pass
+    elif case.special == "newline-name":  # named in the message as Python would write it: one line
+        path = directory / "po\nlicy.toml"
+        path.write_text("backend = 5\n")
+        return str(path), repr(str(path))
     elif case.special == "huge":
         line = b"# " + b"x" * 1021 + b"\n"
         with path.open("wb") as handle:
