@@ -374,7 +374,7 @@ class _Validator:
         return entry
 
     def _socket(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.startswith("/"):
+        if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
             raise self.fail(("docker_socket",), f"expected an absolute path to Docker's unix socket, got {value!r}")
         return value
 
@@ -385,8 +385,11 @@ class _Validator:
         if name is not None and (not isinstance(name, str) or not _CONTAINER_NAME.match(name)):
             raise self.fail((*base, "container"), f"expected a container name, got {name!r}")
         labels = entry.get("labels", {})
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise self.fail((*base, "labels"), 'expected a table of label = "value", e.g. { app = "web" }')
+        # Printable: labels are shown in plan/status/watch lines (a newline would forge a line of its own).
+        if not isinstance(labels, dict) or not all(isinstance(v, str) and v.isprintable() and k.isprintable()
+                                                   for k, v in labels.items()):
+            raise self.fail((*base, "labels"),
+                            'expected a table of label = "value" (printable text), e.g. { app = "web" }')
         if name is None and not labels:
             raise self.fail(base, "container_ports needs 'container' or 'labels' to say which containers")
         ports = self._ports(entry["container_ports"], (*base, "container_ports")) if "container_ports" in entry else ()

@@ -119,6 +119,11 @@ CASES: list[Case] = [
     Case("egress network name with '; '", IF + '[[egress]]\nnetworks = ["a; -A INPUT"]\n', key="egress[1].networks",
          line=3),
     Case("container name with quote", allow('container = "web\\" -j ACCEPT"\n'), key="allow[1].container", line=3),
+    Case("label value with a newline", allow('labels = { app = "web\\n-A INPUT -j ACCEPT" }\n'),
+         key="allow[1].labels", line=3),
+    Case("label key with U+2028", allow('labels = { "a\\u2028b" = "web" }\n'), key="allow[1].labels", line=3),
+    Case("docker_socket with a newline", IF + 'docker_socket = "/run/d.sock\\n-A INPUT"\n', key="docker_socket",
+         line=2),
     Case("host icmp_echo string", IF + '[host]\nicmp_echo = "no"\n', key="host.icmp_echo", line=3),
     # -- ports at every edge ---------------------------------------------------------------------------
     port("0"),
