@@ -23,13 +23,14 @@ import os
 import re
 import socket
 import textwrap
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .docker import ContainerInfo, PublishedPort
 from .errors import DockerguardError, MigrationError, PolicyError
 from .net import AddressError, PortRange, network_of, range_cidrs
-from .policy import DEFAULT_DOCKER_SOCKET, Policy, parse_policy
+from .policy import COMMENT_REFUSED_CATEGORIES, DEFAULT_DOCKER_SOCKET, Policy, parse_policy
 
 FORMATS = ("auto", "iptables-save", "ufw-after-rules", "ufw-status")
 ANY = "any"
@@ -1327,8 +1328,12 @@ def _comment_line(text: str) -> str:
 
 
 def _clean_comment(text: str) -> str:
-    """A comment the policy accepts: one line, no double quote, at most 100 characters."""
-    cleaned = " ".join(_comment_line(text).replace('"', "'").split())
+    """A comment the policy accepts: one line of printable text, no double quote or backslash, at most 100
+    characters (control characters and line separators become spaces, format characters go)."""
+    text = "".join(" " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else
+                   "" if unicodedata.category(char) in COMMENT_REFUSED_CATEGORIES else char
+                   for char in text.replace('"', "'").replace("\\", "/"))
+    cleaned = " ".join(text.split())
     return cleaned if len(cleaned) <= _MAX_COMMENT else cleaned[:_MAX_COMMENT - 3] + "..."
 
 

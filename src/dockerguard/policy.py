@@ -40,7 +40,7 @@ _MAX_COMMENT = 100
 # characters (a newline starts a line of its own), format characters (invisible; bidi overrides), line and
 # paragraph separators (U+2028/U+2029 end a line for many readers), surrogates, private and unassigned code
 # points; '"' and '\\' (they end or escape a quoted string).
-_COMMENT_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+COMMENT_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")  # Docker's network names
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
 _T = TypeVar("_T")
@@ -575,7 +575,7 @@ class _Validator:
             raise self.fail((*base, "comment"), f"expected text of at most {_MAX_COMMENT} characters, "
                                                 f"got {comment!r:.60}")
         for char in comment:
-            if char in '"\\' or unicodedata.category(char) in _COMMENT_REFUSED_CATEGORIES:
+            if char in '"\\' or unicodedata.category(char) in COMMENT_REFUSED_CATEGORIES:
                 raise self.fail((*base, "comment"),
                                 f"comment contains {char!r} ({unicodedata.name(char, 'a control character')}): "
                                 "comments are printable text without '\"' or '\\'")
