@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from .docker import ContainerInfo, PublishedPort
 from .errors import DockerguardError, MigrationError, PolicyError
-from .net import AddressError, PortRange, network_of, range_cidrs
+from .net import IFNAME, AddressError, PortRange, network_of, range_cidrs
 from .policy import COMMENT_REFUSED_CATEGORIES, DEFAULT_DOCKER_SOCKET, Policy, parse_policy
 
 FORMATS = ("auto", "iptables-save", "ufw-after-rules", "ufw-status")
@@ -43,7 +43,6 @@ ACCEPTS = ("ACCEPT", "RETURN")  # RETURN in DOCKER-USER hands the packet on to D
 DENIES = ("DROP", "REJECT")
 _MAX_COMMENT = 100
 _WIDTH = 110  # policy comments
-_IFNAME = re.compile(r"^[^/\s:+*]{1,15}$")  # the policy's grammar, minus iptables' "eth+" wildcard
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 # What Docker itself puts in the filter table: saved along with the admin's rules, never the admin's.
 _DOCKER_CHAINS = ("DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-FORWARD",
@@ -159,7 +158,7 @@ class _Import:
         self.findings.append(Finding(line, message, rule))
 
     def interface(self, name: str, line: int | None, rule: str) -> bool:
-        if not _IFNAME.match(name) or name in (".", ".."):
+        if not IFNAME.fullmatch(name):  # the policy's grammar: no "eth+" wildcard either
             self.warn(line, f"interface {name!r} is a wildcard or not an interface name: list the external "
                             "interfaces by name in external_interfaces", rule)
             return False
