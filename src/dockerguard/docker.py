@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import DockerUnavailable
-from .net import AddressError, format_address, parse_address
+from .net import IFNAME, AddressError, format_address, parse_address
 
 if TYPE_CHECKING:
     import http.client
@@ -171,7 +171,11 @@ class DockerClient:
 def _container(raw: dict[str, Any], problems: list[str]) -> ContainerInfo:
     ident = raw.get("Id") if isinstance(raw.get("Id"), str) else ""
     names = raw.get("Names")
-    name = names[0].lstrip("/") if isinstance(names, list) and names and isinstance(names[0], str) else ident[:12]
+    short = ident[:12] if _ID.fullmatch(ident[:12]) else "?"
+    name = names[0].lstrip("/") if isinstance(names, list) and names and isinstance(names[0], str) else short
+    if not _CONTAINER_NAME.fullmatch(name):  # Docker's own grammar: never a newline, quote or space in a log line
+        problems.append(f"container {short}: ignored the name {name!r:.60}")
+        name = short
     ports = []
     for port in raw.get("Ports") if isinstance(raw.get("Ports"), list) else []:
         if not isinstance(port, dict) or "PublicPort" not in port:  # unpublished exposed ports have none
@@ -202,11 +206,12 @@ def _container(raw: dict[str, Any], problems: list[str]) -> ContainerInfo:
                          tuple(sorted(str(key) for key in attached)))
 
 
+_ID = re.compile(r"[0-9a-f]{1,12}")
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")  # what `docker run --name` accepts
+
+
 def _port(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def _network(raw: dict[str, Any]) -> NetworkInfo | None:
@@ -218,4 +223,4 @@ def _network(raw: dict[str, Any]) -> NetworkInfo | None:
     if raw.get("Driver") == "bridge":
         default = "docker0" if name == "bridge" else f"br-{ident[:12]}"
         bridge = options.get("com.docker.network.bridge.name") or default
-    return NetworkInfo(name, bridge if isinstance(bridge, str) and _IFNAME.fullmatch(bridge) else "")
+    return NetworkInfo(name, bridge if isinstance(bridge, str) and IFNAME.fullmatch(bridge) else "")

@@ -60,7 +60,15 @@ from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
 from .net import AddressError, Network, parse_network
-from .policy import DEFAULT_DOCKER_SOCKET, MAX_SOURCES_FILE, Policy, load_policy, read_bounded, source_digest
+from .policy import (
+    DEFAULT_DOCKER_SOCKET,
+    MAX_POLICY_FILE,
+    MAX_SOURCES_FILE,
+    Policy,
+    load_policy,
+    read_bounded,
+    source_digest,
+)
 from .state import Intent, Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
 
 if TYPE_CHECKING:
@@ -389,7 +397,8 @@ class Engine:
             known = self.state.installed_record()
             if known is None or self.state.pending() is not None or self.state.intent() is not None:
                 return None
-            if source_digest(path.read_bytes()) != known["policy"]:
+            # Bounded: the path may be a FIFO (a plain read would block) or /dev/zero (it would never end).
+            if source_digest(read_bounded(str(path), MAX_POLICY_FILE)) != known["policy"]:
                 return None
             # The same policy names the same list files (sources_file, ...): their bytes must be the same too.
             for listed, digest in known.get("files", ()):

@@ -45,6 +45,8 @@ class PolicyError(DockerguardError):
     def line_text(self) -> str:
         """This one mistake: FILE:LINE: [KEY] MESSAGE."""
         where = self.file or "<policy>"
+        if not where.isprintable():  # a newline in a file name would start a line of its own
+            where = repr(where)
         if self.line is not None:
             where += f":{self.line}"
         key = f" [{self.key}]" if self.key else ""

@@ -23,13 +23,14 @@ import os
 import re
 import socket
 import textwrap
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .docker import ContainerInfo, PublishedPort
 from .errors import DockerguardError, MigrationError, PolicyError
-from .net import AddressError, PortRange, network_of, range_cidrs
-from .policy import DEFAULT_DOCKER_SOCKET, Policy, parse_policy
+from .net import IFNAME, AddressError, PortRange, network_of, range_cidrs
+from .policy import COMMENT_REFUSED_CATEGORIES, DEFAULT_DOCKER_SOCKET, Policy, parse_policy
 
 FORMATS = ("auto", "iptables-save", "ufw-after-rules", "ufw-status")
 ANY = "any"
@@ -42,7 +43,6 @@ ACCEPTS = ("ACCEPT", "RETURN")  # RETURN in DOCKER-USER hands the packet on to D
 DENIES = ("DROP", "REJECT")
 _MAX_COMMENT = 100
 _WIDTH = 110  # policy comments
-_IFNAME = re.compile(r"^[^/\s:+*]{1,15}$")  # the policy's grammar, minus iptables' "eth+" wildcard
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 # What Docker itself puts in the filter table: saved along with the admin's rules, never the admin's.
 _DOCKER_CHAINS = ("DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-FORWARD",
@@ -158,7 +158,7 @@ class _Import:
         self.findings.append(Finding(line, message, rule))
 
     def interface(self, name: str, line: int | None, rule: str) -> bool:
-        if not _IFNAME.match(name) or name in (".", ".."):
+        if not IFNAME.fullmatch(name):  # the policy's grammar: no "eth+" wildcard either
             self.warn(line, f"interface {name!r} is a wildcard or not an interface name: list the external "
                             "interfaces by name in external_interfaces", rule)
             return False
@@ -1327,8 +1327,12 @@ def _comment_line(text: str) -> str:
 
 
 def _clean_comment(text: str) -> str:
-    """A comment the policy accepts: one line, no double quote, at most 100 characters."""
-    cleaned = " ".join(_comment_line(text).replace('"', "'").split())
+    """A comment the policy accepts: one line of printable text, no double quote or backslash, at most 100
+    characters (control characters and line separators become spaces, format characters go)."""
+    text = "".join(" " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else
+                   "" if unicodedata.category(char) in COMMENT_REFUSED_CATEGORIES else char
+                   for char in text.replace('"', "'").replace("\\", "/"))
+    cleaned = " ".join(text.split())
     return cleaned if len(cleaned) <= _MAX_COMMENT else cleaned[:_MAX_COMMENT - 3] + "..."
 
 

@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 PROTOCOLS = ("tcp", "udp")
+# Interface names, from the policy and from Docker (a network's bridge) alike: the kernel (dev_valid_name)
+# takes 1-15 bytes without '/', ':' or whitespace, but a name lands in iptables arguments and nft strings,
+# where '+' (iptables) and '*' (nft) are wildcards, a leading '@' (nft: a set reference) or '-' (an option)
+# changes the meaning and quotes end the string. So: ASCII letters, digits, '_', '.', '@', '-', starting
+# with a letter, digit or '_' (eth0, br-1a2b, eth0.100, wg_0, veth1@if5).
+IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
 
 _BITS = {4: 32, 6: 128}
 _HOSTMASK = {version: [(1 << (bits - prefixlen)) - 1 for prefixlen in range(bits + 1)]

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable, TypeVar, Union
 
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
-from .net import ANY, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
+from .net import ANY, IFNAME, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,9 +35,12 @@ EGRESS_ACTIONS = ("allow", "drop", "reject")
 ANY_SOURCE = ANY
 
 _SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-# Linux interface names: at most 15 bytes, no slash, no whitespace, not "." or "..".
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_COMMENT = 100
+# Comments land in nft strings, iptables-restore lines and unit files: printable text only. Refused: control
+# characters (a newline starts a line of its own), format characters (invisible; bidi overrides), line and
+# paragraph separators (U+2028/U+2029 end a line for many readers), surrogates, private and unassigned code
+# points; '"' and '\\' (they end or escape a quoted string).
+COMMENT_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")  # Docker's network names
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's own rule for names
 _T = TypeVar("_T")
@@ -211,16 +215,31 @@ def source_digest(data: bytes) -> str:
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     """Validate policy TOML given as text (the file name is used in error messages only)."""
+    deep = _DEEP_KEY.search(text)
+    if deep is not None:  # tomllib takes minutes (quadratic) over a key of 100,000 dotted parts
+        line = text.count("\n", 0, deep.start()) + 1 + (text[deep.start()] == "\n")
+        raise PolicyError(f"invalid TOML: a dotted key of more than {_MAX_KEY_PARTS} parts", file=filename,
+                          line=line)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = _line_from_toml_error(str(exc), text)
         raise PolicyError(f"invalid TOML: {exc}", file=filename, line=line) from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise PolicyError("invalid TOML: arrays or tables nested too deeply", file=filename) from None
+    except ValueError as exc:  # an integer of more than 4300 digits (int()'s limit), ...
+        raise PolicyError(f"invalid TOML: {exc}", file=filename) from None
     validator = _Validator(text, filename)
     policy = validator.policy(raw)
     if validator.errors:
         raise PolicyError.of(validator.errors)
     return policy
+
+
+# No key of the schema has more than 4 parts; tomllib's time grows with the square of a key's parts.
+_MAX_KEY_PARTS = 32
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
+_DEEP_KEY = re.compile(rf"(?:^|[\[{{,])[ \t]*{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART}){{{_MAX_KEY_PARTS}}}", re.M)
 
 
 def _line_from_toml_error(message: str, text: str) -> int | None:
@@ -355,7 +374,7 @@ class _Validator:
         return entry
 
     def _socket(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.startswith("/"):
+        if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
             raise self.fail(("docker_socket",), f"expected an absolute path to Docker's unix socket, got {value!r}")
         return value
 
@@ -366,8 +385,11 @@ class _Validator:
         if name is not None and (not isinstance(name, str) or not _CONTAINER_NAME.match(name)):
             raise self.fail((*base, "container"), f"expected a container name, got {name!r}")
         labels = entry.get("labels", {})
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise self.fail((*base, "labels"), 'expected a table of label = "value", e.g. { app = "web" }')
+        # Printable: labels are shown in plan/status/watch lines (a newline would forge a line of its own).
+        if not isinstance(labels, dict) or not all(isinstance(v, str) and v.isprintable() and k.isprintable()
+                                                   for k, v in labels.items()):
+            raise self.fail((*base, "labels"),
+                            'expected a table of label = "value" (printable text), e.g. { app = "web" }')
         if name is None and not labels:
             raise self.fail(base, "container_ports needs 'container' or 'labels' to say which containers")
         ports = self._ports(entry["container_ports"], (*base, "container_ports")) if "container_ports" in entry else ()
@@ -378,9 +400,9 @@ class _Validator:
         if not isinstance(value, list) or not value:
             raise self.fail(key, 'expected a non-empty list of interface names, e.g. ["eth0"]')
         for name in value:
-            if not isinstance(name, str) or not _IFNAME.match(name) or name in (".", ".."):
-                raise self.fail(key, f"invalid interface name {name!r} "
-                                     "(1-15 characters, no '/', ':' or spaces)")
+            if not isinstance(name, str) or not IFNAME.fullmatch(name):
+                raise self.fail(key, f"invalid interface name {name!r} (1-15 characters: ASCII letters, digits, "
+                                     "'_', '.', '@' or '-', starting with a letter, digit or '_'; no wildcards)")
         if len(set(value)) != len(value):
             raise self.fail(key, "interface listed twice")
         return tuple(value)
@@ -434,8 +456,9 @@ class _Validator:
 
     def _sources_file(self, value: Any, key: tuple[str | int, ...]) -> tuple[Network, ...]:
         """A netset file (FireHOL / ipset style: one address or CIDR per line, `#` or `;` comments)."""
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise self.fail(key, f"expected the path of a file of addresses, got {value!r}")
+        # Printable only: the path is named in messages, which must stay one line each.
+        if not isinstance(value, str) or not value or not value.isprintable():
+            raise self.fail(key, f"expected the path of a file of addresses, got {value!r:.100}")
         base = Path(self.filename).parent if not self.filename.startswith("<") else Path.cwd()
         path = str(base / value)
         try:
@@ -548,9 +571,14 @@ class _Validator:
 
     def _comment(self, entry: Mapping[str, Any], base: tuple[str | int, ...]) -> str:
         comment = entry.get("comment", "")
-        if not isinstance(comment, str) or len(comment) > _MAX_COMMENT or '"' in comment:
-            raise self.fail((*base, "comment"),
-                            f"expected text of at most {_MAX_COMMENT} characters, without '\"'")
+        if not isinstance(comment, str) or len(comment) > _MAX_COMMENT:
+            raise self.fail((*base, "comment"), f"expected text of at most {_MAX_COMMENT} characters, "
+                                                f"got {comment!r:.60}")
+        for char in comment:
+            if char in '"\\' or unicodedata.category(char) in COMMENT_REFUSED_CATEGORIES:
+                raise self.fail((*base, "comment"),
+                                f"comment contains {char!r} ({unicodedata.name(char, 'a control character')}): "
+                                "comments are printable text without '\"' or '\\'")
         return comment
 
     def _ports(self, value: Any, key: tuple[str | int, ...]) -> tuple[PortRange, ...]:
@@ -563,7 +591,8 @@ class _Validator:
                 raise self.fail(key, f"expected a port number or \"first-last\", got {item!r}")
             if isinstance(item, int):
                 first = last = item
-            elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
+            # ASCII: \d also takes other scripts' digits ("٨٠" is int() 80) and \s takes U+2028.
+            elif isinstance(item, str) and re.fullmatch(r"[ \t]*[0-9]{1,5}[ \t]*(-[ \t]*[0-9]{1,5}[ \t]*)?", item):
                 bounds = [int(part) for part in item.split("-")]
                 first, last = bounds[0], bounds[-1]
             else:

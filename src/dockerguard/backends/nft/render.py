@@ -445,7 +445,20 @@ def _set_or_value(values: list[str]) -> Any:
 
 
 def _rule(chain: str, comment: str, *statements: dict[str, Any]) -> dict[str, Any]:
-    return {**_in_table(), "chain": chain, "comment": comment, "expr": list(statements)}
+    return {**_in_table(), "chain": chain, "comment": _fit_comment(comment), "expr": list(statements)}
+
+
+# nft's parser refuses a comment over 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN); its JSON parser does not
+# check, so an exported file failed where `apply` worked. Cut at a character boundary: 100 characters of
+# a policy comment can be 400 bytes of UTF-8.
+_COMMENT_MAX_BYTES = 128
+
+
+def _fit_comment(comment: str) -> str:
+    data = comment.encode()
+    if len(data) <= _COMMENT_MAX_BYTES:
+        return comment
+    return data[:_COMMENT_MAX_BYTES].decode(errors="ignore")
 
 
 def _element(element: Element) -> dict[str, Any]:
