@@ -41,21 +41,22 @@ detect_family() {
 }
 
 # Package lists. gcc + Python headers are needed because python-iptables (the libiptc extra) ships only an sdist
-# with a small C extension. kmod: the kernel autoloads nf_* modules through /sbin/modprobe.
+# with a small C extension. kmod: the kernel autoloads nf_* modules through /sbin/modprobe. ipset: the
+# iptables drivers keep large source groups and the ban sets in ipsets.
 packages() {
     case $1 in
         debian | ubuntu)
             # iptables ships both iptables-legacy and iptables-nft; nftables pulls libnftables1
             # which the pip-nftables module loads with ctypes.
-            echo nftables iptables iproute2 kmod procps \
+            echo nftables iptables ipset iproute2 kmod procps \
                 python3 python3-venv python3-dev gcc libc6-dev ;;
         rhel)
             # RHEL 9 has no iptables-legacy in the base repos: install_packages adds it from
             # EPEL when it can. iptables-libs carries libip4tc/libxtables for python-iptables.
-            echo nftables iptables-nft iptables-libs iproute kmod procps-ng \
+            echo nftables iptables-nft iptables-libs ipset iproute kmod procps-ng \
                 python3 python3-pip python3-devel gcc ;;
         alpine)
-            echo nftables iptables ip6tables iproute2 kmod procps \
+            echo nftables iptables ip6tables ipset iproute2 kmod procps \
                 python3 py3-pip python3-dev gcc musl-dev linux-headers ;;
         *)
             log "unknown distro family '$1'"; return 1 ;;

@@ -154,7 +154,9 @@ class IptablesDriver(Backend):
 
     def _destroy_sets(self, names: Sequence[str]) -> None:
         """Destroy sets nothing references any more; one still in use (e.g. by the other iptables flavour's
-        rules) stays, and the next apply or remove tries again."""
+        rules) stays, and the next apply or remove tries again. Without the ipset tool there are none."""
+        if not self.ipsets_usable():
+            return
         for name in names:
             self._ipset(["destroy", name], check=False)
 

@@ -131,7 +131,9 @@ class NftBackend(Backend):
             self.remove()
             return
         objects = _checked_snapshot(snapshot.data)
-        ours = tuple(item for item in objects if next(iter(item.values()))["table"] == NFT_TABLE)
+        # Rules after the chains and sets they use: nft 0.9.8 (bullseye) lists sets after the rules.
+        ours = tuple(sorted((item for item in objects if next(iter(item.values()))["table"] == NFT_TABLE),
+                            key=lambda item: "rule" in item))
         bans = [item for item in objects if next(iter(item.values()))["table"] == NFT_BANS_TABLE]
         self._send(Transaction(REPLACE_TABLE, ours, upkeep_commands(bans) if bans else DELETE_BANS).payload,
                    "nftables refused to restore the snapshot")
