@@ -37,7 +37,8 @@ def _in_ci() -> bool:
 def need(ok: bool, reason: str) -> None:
     """Skip locally, fail under CI: a CI runner must not pass by skipping."""
     if not ok:
-        if _in_ci():
+        # The VM matrix's guests carry only what the kernel-facing tests need (no systemd, no groff).
+        if _in_ci() and not os.environ.get("DOCKERGUARD_VM_GUEST"):
             pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)", pytrace=False)
         pytest.skip(reason)
 

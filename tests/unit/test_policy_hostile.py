@@ -58,7 +58,8 @@ def test_hostile_toml_is_a_policy_error_quickly(text: str, line: int | None) -> 
     started = time.monotonic()
     with pytest.raises(PolicyError) as caught:
         parse_policy(text, filename="p.toml")
-    assert caught.value.line == line
+    if line is not None:  # None: any line (Python 3.9 has no digit limit: there a 5,000-digit port is "out of range")
+        assert caught.value.line == line
     assert time.monotonic() - started < 5
 
 
