@@ -48,8 +48,14 @@ def journey(backend: NftBackend) -> list[object]:
 
 
 def test_fake_and_real_kernel_read_back_alike(netns: str) -> None:
-    real = journey(NftBackend())
-    fake = journey(NftBackend(FakeNftKernel()))
+    live = NftBackend()
+    real = journey(live)
+    faked = NftBackend(FakeNftKernel())
+    # nft 0.9.8 (bullseye) lists IPv6 prefixes inside concatenations as /64, so the driver reads them as
+    # "/?" there: the fake kernel answers exactly, and is read the way this host's nft must be read.
+    unreadable = live._ipv6_prefixes_unreadable()
+    faked._ipv6_prefixes_unreadable = lambda: unreadable  # type: ignore[method-assign]
+    fake = journey(faked)
     assert real == fake
     assert real[3] is True and real[5] is True and real[-1] is None
 
