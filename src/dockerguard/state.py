@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import safefs
 from .backends import BACKEND_CHOICES, InstalledRule, InstalledState, Snapshot, check_backend_name
@@ -46,6 +46,7 @@ TIMER_START_TIMEOUT = 15.0
 _FORMAT = 1
 
 TOKEN = re.compile(r"[0-9a-f]{16}")  # secrets.token_hex(8): names pending files, pid files, timer argv
+_T = TypeVar("_T")
 _DIGEST = re.compile(r"[0-9a-f]{1,64}")  # ruleset digests (12), sha256 digests (64)
 _BOOT_ID = re.compile(r"[0-9a-f-]{0,64}")
 _HISTORY_NAME = re.compile(r"([0-9]{1,9})\.json")
@@ -384,17 +385,7 @@ class StateDir:
     # -- what the last verified apply installed -----------------------------------------------------
     def installed_record(self) -> dict[str, Any] | None:
         """installed.json (see Engine._unchanged); None when missing or not what we wrote."""
-        where = self.path / "installed.json"
-        try:
-            raw = self._read_json(None, "installed.json", where)
-            return self._installed_from_json(raw)
-        except FileNotFoundError:
-            return None
-        except StateError as exc:
-            self._warn(f"warning: ignored {exc}")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
-        return None
+        return self._read_checked("installed.json", self._installed_from_json)
 
     def write_installed(self, record: dict[str, Any]) -> None:
         with self._root(create=True) as fd:
@@ -420,19 +411,12 @@ class StateDir:
     def intent(self) -> Intent | None:
         """The change a dockerguard began and did not finish (it was killed), or None. A damaged file
         is reported and ignored: the history entry it would name is still there for `rollback`."""
-        where = self.path / "intent.json"
-        try:
-            raw = self._read_json(None, "intent.json", where)
+        def checked(raw: dict[str, Any]) -> Intent:
             return Intent(_choice(raw, "action", _INTENTS), self._backend(raw["backend"]),
                           _int(raw, "entry", 1, 10**9), _int(raw, "pid", 1, 2**31 - 1), _float(raw, "started"),
                           _text(raw, "token", TOKEN, optional=True))
-        except FileNotFoundError:
-            return None
-        except StateError as exc:
-            self._warn(f"warning: ignored {exc}")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
-        return None
+
+        return self._read_checked("intent.json", checked)
 
     # -- the timer's traces ------------------------------------------------------------------------
     def timer_pid_path(self, token: str) -> Path:
@@ -460,9 +444,15 @@ class StateDir:
             _write_json(fd, self.path / "last-rollback.json", outcome)
 
     def last_rollback(self) -> dict[str, Any] | None:
-        where = self.path / "last-rollback.json"
+        return self._read_checked("last-rollback.json", self._last_rollback_from_json)
+
+    # -- reading: every file is data ----------------------------------------------------------------
+    def _read_checked(self, name: str, check: Callable[[dict[str, Any]], _T]) -> _T | None:
+        """A file of the state directory's top level through its schema check; None when it is missing.
+        An untrusted or damaged one is reported (a warning) and ignored like a missing one."""
+        where = self.path / name
         try:
-            return self._last_rollback_from_json(self._read_json(None, "last-rollback.json", where))
+            return check(self._read_json(None, name, where))
         except FileNotFoundError:
             return None
         except StateError as exc:
@@ -471,7 +461,6 @@ class StateDir:
             self._warn(f"warning: ignored {where}: damaged ({_problem(exc)})")
         return None
 
-    # -- reading: every file is data ----------------------------------------------------------------
     def _read_json(self, sub: str | None, name: str, where: Path) -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
             fd = stack.enter_context(self._sub(sub) if sub else self._root())
