@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from . import __version__
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import DockerguardError, UsageError
-from .policy import DEFAULT_DOCKER_SOCKET, load_policy
+from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy
 
 # Imported where a command needs them: `dockerguard --help` and `check` stay fast (rich, the engine,
 # the drivers and the Docker client cost most of a start-up).
@@ -256,11 +256,18 @@ def apply(
     When the [host] rules change, the lock-out guard refuses a policy that cuts your SSH session
     (unless --force) and rolls the change back after 120 s unless `dockerguard confirm` arrives."""
     config = str(_policy_path(positional, config))
-    policy = load_policy(config)  # the same file apply_file reads: its warnings first
-    _policy_warnings(policy)
     engine = _engine(backend, state_dir=state_dir)
-    result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard)
-    _docker_warnings(engine, policy, applied=True)
+    loaded: list[Policy] = []
+
+    def warn_first(policy: Policy) -> None:  # the full path: warnings before anything is applied
+        loaded.append(policy)
+        _policy_warnings(policy)
+
+    # Parses the file only when it is not the one installed (100,000 sources: most of a no-op's time).
+    result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard, on_load=warn_first)
+    _warn(result.warnings)  # the no-op path's: recorded at the verified apply
+    if loaded:
+        _docker_warnings(engine, loaded[0], applied=True)
     _show_steps(result.steps)
     if not result.changed:
         out.print(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")

@@ -56,6 +56,7 @@ from .errors import (
     UsageError,
 )
 from .glance import EntryRow, PathDrops, entry_rows, path_drops
+from .lint import entry_warnings, interface_warnings
 from .locking import remaining, ruleset_lock
 from .lockout import current_sessions, cut_sessions
 from .model import Ruleset
@@ -121,6 +122,8 @@ class ApplyResult:
     steps: tuple[Step, ...] = ()
     history_entry: int | None = None  # the entry `rollback` would undo
     pending: Pending | None = None  # set by apply(confirm=...): roll back at pending.deadline unless confirmed
+    # apply_file's no-op path, which parses nothing: the policy's warnings as recorded (lint), host part fresh
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -371,10 +374,11 @@ class Engine:
 
     # -- the unchanged policy, cheaply ---------------------------------------------------------------
     def apply_file(self, path: str | os.PathLike[str], *, confirm: float | None = None, force: bool = False,
-                   guard: bool = True) -> ApplyResult:
+                   guard: bool = True, on_load: Callable[[Policy], None] | None = None) -> ApplyResult:
         """`apply(load_policy(path))`, except that the same policy file over the same Docker inputs on an
         unchanged kernel is recognised without parsing, compiling or (nft) listing anything: see
-        `_unchanged`. Whatever differs, or cannot be told cheaply, takes the full path."""
+        `_unchanged` (its result carries the policy's warnings as recorded). Whatever differs, or cannot be
+        told cheaply, takes the full path; `on_load` sees the policy it parsed before anything is applied."""
         if confirm is None:
             record = _Recorder()
             try:
@@ -386,7 +390,10 @@ class Engine:
                 result = None
             if result is not None:
                 return result
-        return self.apply(load_policy(path), confirm=confirm, force=force, guard=guard)
+        policy = load_policy(path)
+        if on_load is not None:
+            on_load(policy)
+        return self.apply(policy, confirm=confirm, force=force, guard=guard)
 
     def _unchanged(self, path: Path, record: _Recorder) -> ApplyResult | None:
         """An ApplyResult (nothing changed) when all of these equal what the last verified apply recorded:
@@ -395,7 +402,8 @@ class Engine:
         objects. None otherwise."""
         with self._locked("apply"):
             known = self.state.installed_record()
-            if known is None or self.state.pending() is not None or self.state.intent() is not None:
+            if known is None or known["warnings"] is None or self.state.pending() is not None \
+                    or self.state.intent() is not None:
                 return None
             # Bounded: the path may be a FIFO (a plain read would block) or /dev/zero (it would never end).
             if source_digest(read_bounded(str(path), MAX_POLICY_FILE)) != known["policy"]:
@@ -423,7 +431,8 @@ class Engine:
                 self.state.write_installed({**known, "generation": _stable(backend, generation)})
             else:
                 return None
-            return ApplyResult(backend.name, False, str(known["ruleset"]), tuple(record.steps))
+            warnings = (*interface_warnings(known["interfaces"]), *known["warnings"])
+            return ApplyResult(backend.name, False, str(known["ruleset"]), tuple(record.steps), warnings=warnings)
 
     def _backend_for_record(self, requested: Backend | str, recorded: str, docker_socket: str) -> Backend | None:
         """The driver to check against the record: the one asked for, if it is the recorded one; for
@@ -462,7 +471,8 @@ class Engine:
             "inputs": _inputs_digest(self._containers if policy.uses_containers else None,
                                      self.discovery.ports if policy.filter_proxy_path else None,
                                      self._networks if uses_networks else None),
-            "generation": _stable(backend, generation), "state": state_digest(verified)})
+            "generation": _stable(backend, generation), "state": state_digest(verified),
+            "interfaces": list(policy.external_interfaces), "warnings": entry_warnings(policy)})
 
     @staticmethod
     def _check_lockout(ruleset: Ruleset, force: bool, record: _Recorder) -> None:

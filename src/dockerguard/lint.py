@@ -20,12 +20,21 @@ def interface_names() -> set[str]:
 
 
 def policy_warnings(policy: Policy, interfaces: Callable[[], set[str]] | None = None) -> list[str]:
-    warnings = []
+    return interface_warnings(policy.external_interfaces, interfaces) + entry_warnings(policy)
+
+
+def interface_warnings(names: Sequence[str], interfaces: Callable[[], set[str]] | None = None) -> list[str]:
+    """The part that depends on the host: asked again whenever it is printed (the engine's no-op path
+    keeps the policy's names and `entry_warnings`, not the policy)."""
     present = (interfaces or interface_names)()  # looked up now: tests replace the module's function
-    for name in policy.external_interfaces:  # no wildcards: the policy refuses "eth+" and "eth*" (net.IFNAME)
-        if name not in present:
-            warnings.append(f"external interface {name!r} does not exist on this host (network namespace): "
-                            "nothing entering through it is judged until it appears")
+    # No wildcards to expand: the policy refuses "eth+" and "eth*" (net.IFNAME).
+    return [f"external interface {name!r} does not exist on this host (network namespace): "
+            "nothing entering through it is judged until it appears" for name in names if name not in present]
+
+
+def entry_warnings(policy: Policy) -> list[str]:
+    """The part that depends on the policy alone."""
+    warnings = []
     for number, entry in enumerate(policy.allow, start=1):
         if _opens_everything(entry):
             warnings.append(f"allow entry {number}{_label(entry)} lets anyone reach every published "

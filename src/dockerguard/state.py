@@ -522,9 +522,15 @@ class StateDir:
                     and "\0" not in item[0] and isinstance(item[1], str) and _DIGEST.fullmatch(item[1])):
                 raise ValueError("files is not a list of [absolute path, digest]")
             files.append(item)
+        # Printed by the no-op path as they are (None: written by an older dockerguard, take the full path).
+        warnings = interfaces = None
+        if "warnings" in raw:
+            warnings = [_printable(text, "warnings") for text in _strings(raw["warnings"], "warnings")]
+            interfaces = [_printable(name, "interfaces") for name in _strings(raw["interfaces"], "interfaces")]
         return {"backend": self._backend(raw["backend"]), "policy": _text(raw, "policy", _DIGEST), "files": files,
                 "facts": checked_facts, "ruleset": _text(raw, "ruleset", _DIGEST),
-                "inputs": _text(raw, "inputs", _DIGEST), "generation": generation, "state": state}
+                "inputs": _text(raw, "inputs", _DIGEST), "generation": generation, "state": state,
+                "warnings": warnings, "interfaces": interfaces}
 
     def _last_rollback_from_json(self, raw: dict[str, Any]) -> dict[str, Any]:
         outcome = {"token": _text(raw, "token", TOKEN), "backend": self._backend(raw["backend"]),
@@ -700,6 +706,13 @@ def _strings(values: Any, what: str, count: int | None = None) -> list[str]:
     if count is not None and len(values) != count:
         raise ValueError(f"{what} does not have {count} parts")
     return values
+
+
+def _printable(text: str, what: str) -> str:
+    """A line for the terminal: bounded, no control characters (escape sequences, line breaks)."""
+    if len(text) > _MAX_TEXT or not text.isprintable():
+        raise ValueError(f"{what} holds text that is not printable")
+    return text
 
 
 def _pair(value: Any, what: str) -> bool:

@@ -100,3 +100,29 @@ def test_a_changed_sources_file_is_never_taken_for_a_no_op(kernel: FakeNftKernel
     result = engine(kernel).apply_file(policy)
     assert result.changed and "192.0.2.7" in str(NftBackend(kernel).snapshot().data)
     assert not engine(kernel).apply_file(policy).changed
+
+
+def test_the_no_op_path_parses_nothing_and_still_warns(kernel: FakeNftKernel, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's warnings come from the parsed policy on the full path, from the record on the no-op path:
+    the same lines either way, with the interface check made again (interfaces come and go)."""
+    from dockerguard import engine as engine_module
+    from dockerguard import lint
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('external_interfaces = ["eth0", "wan9"]\n[[allow]]\nports = ["1-65535"]\n'
+                      'sources = ["any"]\ncomment = "web"\n')
+    seen: list[object] = []
+    first = engine(kernel).apply_file(policy, on_load=seen.append)
+    assert first.changed and len(seen) == 1 and first.warnings == ()
+    expected = lint.policy_warnings(seen[0])  # type: ignore[arg-type]
+    assert len(expected) == 2 and "'wan9'" in expected[0] and "(web)" in expected[1]
+
+    def no_parsing(path: object) -> object:
+        raise AssertionError("the no-op path parsed the policy")
+
+    monkeypatch.setattr(engine_module, "load_policy", no_parsing)
+    again = engine(kernel).apply_file(policy, on_load=seen.append)
+    assert not again.changed and len(seen) == 1 and list(again.warnings) == expected
+    monkeypatch.setattr(lint, "interface_names", lambda: {"lo", "eth0", "wan9"})  # wan9 came up since
+    assert list(engine(kernel).apply_file(policy).warnings) == expected[1:]
