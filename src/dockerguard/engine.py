@@ -40,7 +40,7 @@ from .backends import (
 from .compiler import compile_policy
 from .containers import Resolution, resolve_containers, resolve_egress
 from .detect import Detection, detect
-from .diff import Diff, diff_states
+from .diff import Diff, change_count, diff_states
 from .docker import ContainerInfo, DockerClient, NetworkInfo
 from .errors import (
     ApplyError,
@@ -331,8 +331,7 @@ class Engine:
             self.state.forget_installed()
             if pending is not None:
                 raise PendingConfirmationError(_pending_message(pending.pending))
-            changes = diff_states(backend.name, plan.installed, plan.expected).changes
-            record("compare", f"{len(changes)} changes to make")
+            record("compare", f"{change_count(backend.name, plan.installed, plan.expected)} changes to make")
             if guard and backend.host_part(plan.installed) != backend.host_part(plan.expected):
                 self._check_lockout(plan.ruleset, force, record)
                 if confirm is None:

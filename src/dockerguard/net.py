@@ -139,15 +139,20 @@ def collapse(networks: Iterable[Cidr]) -> tuple[Cidr, ...]:
     """The fewest networks covering exactly the union of `networks` (IPv4 first, then IPv6), sorted:
     overlapping and adjacent networks are merged through integer ranges."""
     ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-    for version, value, prefixlen in networks:
+    given: dict[tuple[int, int], Cidr] = {}  # (version, first address): a network given, reused as it is
+    for net in networks:
+        version, value, prefixlen = net
         ranges[version].append((value, value | _HOSTMASK[version][prefixlen]))
+        given[version, value] = net
     collapsed: list[Cidr] = []
     for version in (4, 6):
         bits = _BITS[version]
         for first, last in merge_ranges(ranges[version]):
             size = last - first + 1
             if not (size & (size - 1) or first & (size - 1)):  # one aligned block: the common case
-                collapsed.append(Cidr(version, first, bits + 1 - size.bit_length()))
+                prefixlen = bits + 1 - size.bit_length()
+                net = given[version, first]
+                collapsed.append(net if net.prefixlen == prefixlen else Cidr(version, first, prefixlen))
             else:
                 collapsed += range_cidrs(version, first, last)
     return tuple(collapsed)

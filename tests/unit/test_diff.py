@@ -5,7 +5,7 @@ from __future__ import annotations
 from dockerguard import Engine, parse_policy
 from dockerguard.backends import InstalledRule, InstalledState
 from dockerguard.backends.fake import FakeBackend
-from dockerguard.diff import Change, diff_states
+from dockerguard.diff import Change, change_count, diff_states
 
 POLICY = parse_policy('[[allow]]\nports = [443]\n')
 OTHER = parse_policy('[[allow]]\nports = [80]\n')
@@ -73,3 +73,11 @@ def test_empty_diff_means_apply_is_a_no_op() -> None:
     assert not engine.diff(POLICY).changed
     assert not engine.apply(POLICY).changed
     assert fake.transactions == 1
+
+
+def test_the_change_count_is_the_length_of_the_diff() -> None:
+    cases = [(state(["a"], {"s": ["1", "2"], "gone": ["9"]}), state(["a"], {"s": ["2", "3"], "new": ["4", "5"]})),
+             (None, state(["a"], {"s": ["1"]})), (state(["a", "b", "c"]), state(["b", "a", "c"])),
+             (state([], hooks=("old",)), state([], hooks=("new",))), (state(["a"]), state(["a"]))]
+    for old, new in cases:
+        assert change_count("t", old, new) == len(diff_states("t", old, new).changes)

@@ -10,8 +10,9 @@ after. The switch is the rules' own atomic commit, so no packet ever sees new me
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from ...model import Family
 from ...net import Network
@@ -26,11 +27,16 @@ _FAMILY = {Family.IPV4: "inet", Family.IPV6: "inet6"}
 Members = tuple[str, ...]
 
 
-def set_name(family: Family, sources: Iterable[Network]) -> str:
-    digest = hashlib.sha256(f"{family.value}|".encode())
-    for net in sources:
-        digest.update(f"{net} ".encode())
-    return f"{PREFIX}{digest.hexdigest()[:12]}"
+def set_name(family: Family, sources: tuple[Network, ...]) -> str:
+    text = f"{family.value}|" + "".join(f"{net} " for net in _texts(sources))
+    return f"{PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+# One rendering names and fills a group's set several times (rules, expected state, restore text, both
+# families): the text of 100,000 networks is made once (a cache hit costs a hash of the tuple).
+@functools.lru_cache(maxsize=16)
+def _texts(sources: tuple[Network, ...]) -> tuple[str, ...]:
+    return tuple(map(str, sources))
 
 
 def restore_text(create: Mapping[str, tuple[Family, Members]]) -> str:
@@ -75,5 +81,5 @@ def _member(text: str, family: Family) -> str:
     return text if "/" in text else f"{text}/{32 if family is Family.IPV4 else 128}"
 
 
-def members(sources: Sequence[Network]) -> Members:
-    return tuple(sorted(str(net) for net in sources))
+def members(sources: tuple[Network, ...]) -> Members:
+    return tuple(sorted(_texts(sources)))

@@ -29,8 +29,13 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
             nft_set = item["set"]
             kind = "port" if nft_set.get("type") == "inet_service" else (
                 "address" if isinstance(nft_set.get("type"), str) else "pair")
-            elements = [] if dynamic_set(nft_set["name"]) else sorted(
-                {text for elem in nft_set.get("elem", []) for text in element_texts(elem, loose_ipv6_prefixes, kind)})
+            if dynamic_set(nft_set["name"]):
+                elements = []
+            elif kind == "address":  # the large sets: plain addresses and prefixes, without a call per element
+                elements = sorted(_address_texts(nft_set.get("elem", [])))
+            else:
+                elements = sorted({text for elem in nft_set.get("elem", [])
+                                   for text in element_texts(elem, loose_ipv6_prefixes, kind)})
             sets.append((nft_set["name"], tuple(elements)))
         elif "rule" in item:
             rule = item["rule"]
@@ -82,6 +87,19 @@ def element_texts(elem: Any, loose_ipv6_prefixes: bool = False, kind: str = "pai
         networks = [re.sub(r"/\d+$", "/?", net) if ":" in net and not net.endswith("/128") else net
                     for net in networks]
     return [f"{net} . {first}-{last}" for net in networks]
+
+
+def _address_texts(elements: list[Any]) -> set[str]:
+    """element_texts(elem, kind="address") of every element, as one set."""
+    texts = set()
+    for elem in elements:
+        if isinstance(elem, str):
+            texts.add(f"{elem}/{128 if ':' in elem else 32}")
+        elif "prefix" in elem:
+            texts.add(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")
+        else:
+            texts.update(element_texts(elem, kind="address"))
+    return texts
 
 
 def _networks(value: Any) -> list[str]:
