@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 
 from ...model import Family
@@ -62,23 +63,20 @@ def ban_restore_text(existing: Iterable[str]) -> str:
 
 def parse_save(text: str) -> dict[str, tuple[Family, Members]]:
     """Our content sets (name prefix; the ban sets are not content) in `ipset save` output:
-    name -> (family, sorted members)."""
-    sets: dict[str, tuple[Family, list[str]]] = {}
-    for line in text.split("\n"):
-        words = line.split()
-        if len(words) < 3 or not words[1].startswith(PREFIX) or words[1] in BAN_SETS.values():
+    name -> (family, sorted members). ipset prints host entries without a prefix length; our members
+    always have one. One regex scan per set, not a split per line: 100,000 members cost 0.5 s that way."""
+    sets: dict[str, tuple[Family, Members]] = {}
+    for name, options in _CREATE.findall(text):
+        if name in BAN_SETS.values():
             continue
-        if words[0] == "create":
-            family = Family.IPV6 if "inet6" in words[3:] else Family.IPV4
-            sets[words[1]] = (family, [])
-        elif words[0] == "add" and words[1] in sets:
-            sets[words[1]][1].append(_member(words[2], sets[words[1]][0]))
-    return {name: (family, tuple(sorted(members))) for name, (family, members) in sets.items()}
+        family = Family.IPV6 if "inet6" in options.split() else Family.IPV4
+        suffix = "/32" if family is Family.IPV4 else "/128"
+        found = re.findall(rf"^add {re.escape(name)} (\S+)", text, re.M)
+        sets[name] = (family, tuple(sorted(member if "/" in member else member + suffix for member in found)))
+    return sets
 
 
-def _member(text: str, family: Family) -> str:
-    """ipset prints host entries without a prefix length; our members always have one."""
-    return text if "/" in text else f"{text}/{32 if family is Family.IPV4 else 128}"
+_CREATE = re.compile(rf"^create ({re.escape(PREFIX)}\S+) (.*)$", re.M)
 
 
 def members(sources: tuple[Network, ...]) -> Members:
