@@ -30,11 +30,17 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Rendered:
-    """Exactly what `apply` will send: `text` for humans and golden files, `payload` for the driver."""
+    """Exactly what `apply` will send: `text` for humans and golden files, `payload` for the driver.
+    The text may be given as a function that writes it: apply never shows it, and writing 100,000 set
+    elements costs 0.1 s."""
 
     backend: str
-    text: str
+    text_or_writer: str | Callable[[], str] = field(repr=False)
     payload: Any = field(compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.text_or_writer if isinstance(self.text_or_writer, str) else self.text_or_writer()
 
 
 @dataclass(frozen=True)

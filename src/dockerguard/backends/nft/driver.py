@@ -93,7 +93,7 @@ class NftBackend(Backend):
 
     def render(self, ruleset: Ruleset) -> Rendered:
         built = self.transaction(ruleset)
-        return Rendered(self.name, built.text, built.payload)
+        return Rendered(self.name, lambda: built.text, built.payload)
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
         return state_of(self.transaction(ruleset).state_objects, self._ipv6_prefixes_unreadable())
