@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"  # here, not in policy: the CLI names it before loading one
 
 _EXPORTS = {
     "compile_policy": "compiler",

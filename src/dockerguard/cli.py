@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import __version__
+from . import DEFAULT_DOCKER_SOCKET, __version__
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import DockerguardError, UsageError
-from .policy import DEFAULT_DOCKER_SOCKET, Policy, load_policy
 
 # Imported where a command needs them: `dockerguard --help` and `check` stay fast (rich, the engine,
 # the drivers and the Docker client cost most of a start-up).
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditReport
     from .engine import Engine, Status, Step
+    from .policy import Policy
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
 
@@ -150,6 +150,13 @@ def _policy_path(positional: Optional[str], option: Optional[str], default: Opti
         raise typer.BadParameter(f"two different policies: {positional!r} and -c {option!r}; give one",
                                  param_hint="POLICY / -c")
     return positional or option or default
+
+
+def load_policy(path: str) -> Policy:
+    """policy.load_policy, imported when a command reads a policy: `--help` does not (20 ms)."""
+    from .policy import load_policy as load
+
+    return load(path)
 
 
 def _warn(lines: Sequence[str]) -> None:

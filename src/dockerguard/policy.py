@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, TypeVar, Union
 
+from . import DEFAULT_DOCKER_SOCKET
 from .backends import BACKEND_CHOICES, check_backend_name
 from .errors import PolicyError, UsageError
 from .net import ANY, IFNAME, PROTOCOLS, AddressError, Limit, Network, PortRange, parse_network
@@ -32,7 +33,6 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 hosts
 # but 10 ms more to import, so it is used only for files large enough to repay that.
 _COMPILED_TOML_FROM = 64 << 10
 
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 MAX_POLICY_FILE = 16 << 20  # a policy with 100,000 inline sources is ~3 MiB
 MAX_SOURCES_FILE = 64 << 20  # FireHOL's largest lists are ~10 MiB
 DEFAULT_VERDICTS = ("drop", "reject")
