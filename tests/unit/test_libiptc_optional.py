@@ -170,3 +170,29 @@ def test_without_privileges_only_our_own_error_reaches_stderr(args: list[str], t
     assert "(you must be root)" not in proc.stderr, proc.stderr
     if args[0] == "status":
         assert proc.returncode == 1 and proc.stderr.startswith("error: backend "), proc.stderr
+
+
+def test_library_hints_last_only_for_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-iptables is told where libxtables and its extensions are (no ldconfig, gcc or setuptools
+    import), for the import alone: the environment and sys.modules are as before afterwards, and a
+    variable the user set wins."""
+    libdir = tmp_path / "lib"
+    (libdir / "xtables").mkdir(parents=True)
+    (libdir / "libxtables.so.12").touch()
+    (libdir / "xtables" / "libxt_conntrack.so").touch()
+    monkeypatch.setattr(legacy, "_library_folders", lambda: [str(tmp_path / "missing"), str(libdir)])
+    monkeypatch.setenv("XTABLES_LIBDIR", "/users/choice")
+    monkeypatch.delenv("IPTABLES_LIBDIR", raising=False)
+    monkeypatch.delenv("PYTHON_IPTABLES_XTABLES_VERSION", raising=False)
+    monkeypatch.delitem(sys.modules, "distutils", raising=False)
+    seen: dict[str, Any] = {}
+    with legacy._library_hints():
+        seen = {key: os.environ.get(key) for key in
+                ("XTABLES_LIBDIR", "IPTABLES_LIBDIR", "PYTHON_IPTABLES_XTABLES_VERSION")}
+        with pytest.raises(ModuleNotFoundError):
+            import distutils.sysconfig  # noqa: F401
+    assert seen["XTABLES_LIBDIR"] == "/users/choice" and seen["PYTHON_IPTABLES_XTABLES_VERSION"] == "12"
+    assert str(seen["IPTABLES_LIBDIR"]).split(":")[0] == str(libdir)
+    assert os.environ["XTABLES_LIBDIR"] == "/users/choice"
+    assert "IPTABLES_LIBDIR" not in os.environ and "PYTHON_IPTABLES_XTABLES_VERSION" not in os.environ
+    assert "distutils" not in sys.modules

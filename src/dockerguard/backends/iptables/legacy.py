@@ -11,8 +11,10 @@ iptables-legacy-restore, one transaction per family; `probe` (so `dockerguard ba
 commits and why.
 
 python-iptables gotchas handled here:
-- `import iptc` costs ~0.2 s and runs `modprobe ip_tables`: it is imported only to probe or commit. Loading
-  libxtables/libiptc may complain on fd 2 without root: filtered (stderr_noise), our probe says it better.
+- `import iptc` runs `modprobe ip_tables`: it is imported only to probe or commit. Loading libxtables/libiptc
+  may complain on fd 2 without root: filtered (stderr_noise), our probe says it better. On its own the
+  import costs 0.3 s: it finds its libraries with ldconfig, gcc and ld, and imports setuptools (for
+  distutils' get_python_lib): `_library_hints` tells it where they are (0.05 s).
 - `iptc.Table`/`Table6` objects are cached process-wide per table name, together with a libiptc handle
   whose socket belongs to the network namespace current when it was opened (and which may hold
   someone else's uncommitted changes): every transaction opens a private, uncached handle instead.
@@ -32,8 +34,11 @@ python-iptables gotchas handled here:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
+import sys
+import sysconfig
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -55,10 +60,54 @@ _PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "ipv6-icmp": "58", "i
 
 
 def _iptc() -> Any:
-    with privilege_noise_filtered(always=True):  # once per process: the module is cached afterwards
-        import iptc  # lazily: 0.2 s and a modprobe
+    # once per process: the module is cached afterwards
+    with privilege_noise_filtered(always=True), _library_hints():
+        import iptc  # lazily: a modprobe
 
     return iptc
+
+
+@contextlib.contextmanager
+def _library_hints() -> Iterator[None]:
+    """For the duration of `import iptc`: python-iptables' documented variables XTABLES_LIBDIR,
+    IPTABLES_LIBDIR and PYTHON_IPTABLES_XTABLES_VERSION (unless set already) name the directories of
+    libxtables, its extensions and python-iptables' own C wrapper, found with a few stat calls; and
+    distutils is missing, so python-iptables takes its one path from sysconfig as on Python 3.12+. Any
+    library not found this way is looked up as python-iptables always does."""
+    hints = {}
+    found = next(((folder, name) for folder in _library_folders() for name in _XTABLES_NAMES
+                  if os.path.exists(os.path.join(folder, name))), None)
+    if found is not None:
+        folder, name = found
+        hints["PYTHON_IPTABLES_XTABLES_VERSION"] = name.rsplit(".", 1)[1]
+        folders = [folder]
+        wrapper = importlib.util.find_spec("libxtwrapper")
+        if wrapper is not None and wrapper.origin:
+            folders.append(os.path.dirname(wrapper.origin))
+        hints["IPTABLES_LIBDIR"] = ":".join(folders)
+        if os.path.exists(os.path.join(folder, "xtables", "libxt_conntrack.so")):
+            hints["XTABLES_LIBDIR"] = os.path.join(folder, "xtables")
+    added = {key: value for key, value in hints.items() if key not in os.environ}
+    blocked = "distutils" not in sys.modules
+    os.environ.update(added)
+    if blocked:
+        sys.modules["distutils"] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        if blocked and sys.modules.get("distutils", 0) is None:
+            del sys.modules["distutils"]
+
+
+_XTABLES_NAMES = tuple(f"libxtables.so.{major}" for major in range(20, 9, -1))
+
+
+def _library_folders() -> list[str]:
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    arch = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
+    return [*arch, "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib"]
 
 
 def _library(iptc: Any) -> str:
