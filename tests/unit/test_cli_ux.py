@@ -346,3 +346,31 @@ def test_egress_entries_report_each_mistake_too() -> None:
         parse_policy('[[egress]]\ndestinations = ["203.0.113.300"]\nports = [0]\ncomment = 5\n', "e.toml")
     assert [error.key for error in caught.value.errors] == ["egress[1].destinations", "egress[1].ports",
                                                             "egress[1].comment"]
+
+
+def test_only_watch_runs_with_the_cyclic_collector(fake: FakeBackend, policy: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() turns the collector off (one-shot commands keep what they allocate to the end); `watch` runs
+    for months and turns it back on before it starts watching."""
+    import gc
+    import sys
+
+    from dockerguard import watch
+
+    seen: list[bool] = []
+
+    def run(self: object, stop: object) -> None:
+        seen.append(gc.isenabled())
+
+    monkeypatch.setattr(watch.Watcher, "run", run)
+    monkeypatch.setattr(cli, "_engine", lambda name, **options: Engine(fake))
+    try:
+        for argv in (["check", policy], ["watch", policy, "--docker-socket", "/nonexistent/docker.sock"]):
+            monkeypatch.setattr(sys, "argv", ["dockerguard", *argv])
+            with pytest.raises(SystemExit) as exited:
+                cli.main()
+            assert exited.value.code in (0, None)
+            seen.append(gc.isenabled())
+    finally:
+        gc.enable()
+    assert seen == [False, True, True]  # after check; inside watch; after watch
