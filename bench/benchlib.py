@@ -105,6 +105,25 @@ class Namespaces:
         if name in self.live:
             self.live.remove(name)
         _ip("netns", "del", name)
+        settle()
+
+
+def settle(deadline: float = 2.0, window: float = 0.1, idle_share: float = 0.8) -> None:
+    """Wait (at most `deadline` seconds) until the CPUs are idle for one `window`: the kernel frees a deleted
+    namespace's rules in the background (100,000 set elements: a good part of a second), and that work
+    would otherwise be timed as part of the next measurement."""
+    def times() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        total, idle = times()
+        time.sleep(window)
+        total_after, idle_after = times()
+        if total_after > total and (idle_after - idle) / (total_after - total) >= idle_share:
+            return
 
     def close(self) -> None:
         for name in list(self.live):

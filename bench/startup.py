@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             facts = benchlib.machine_facts(netns, [["hyperfine", "--version"]])
             for label, command in commands():
                 benchlib.progress(f"{label}: {args.runs} runs ({tool})")
+                benchlib.settle()  # not timed with whatever the machine was finishing
                 if tool == "hyperfine":
                     middle, low, high = with_hyperfine(command, args.runs, netns, Path(tmp))
                 else:
