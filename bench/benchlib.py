@@ -107,6 +107,18 @@ class Namespaces:
         _ip("netns", "del", name)
         settle()
 
+    def close(self) -> None:
+        for name in list(self.live):
+            self.delete(name)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[str]:
+        name = self.create()
+        try:
+            yield name
+        finally:
+            self.delete(name)
+
 
 def settle(deadline: float = 2.0, window: float = 0.1, idle_share: float = 0.8) -> None:
     """Wait (at most `deadline` seconds) until the CPUs are idle for one `window`: the kernel frees a deleted
@@ -124,18 +136,6 @@ def settle(deadline: float = 2.0, window: float = 0.1, idle_share: float = 0.8) 
         total_after, idle_after = times()
         if total_after > total and (idle_after - idle) / (total_after - total) >= idle_share:
             return
-
-    def close(self) -> None:
-        for name in list(self.live):
-            self.delete(name)
-
-    @contextlib.contextmanager
-    def scoped(self) -> Iterator[str]:
-        name = self.create()
-        try:
-            yield name
-        finally:
-            self.delete(name)
 
 
 def cleanup_stale_namespaces() -> None:
