@@ -55,8 +55,9 @@ def _label(entry: Allow) -> str:
 
 def _opens_everything(entry: Allow) -> bool:
     """Sources include everyone and the ports cover 1-65535 (container entries: not known here)."""
-    anyone = any(not isinstance(source, SetRef) and source.prefixlen == 0 for source in entry.sources)
-    return anyone and entry.containers is None and _covers_all(entry.ports)
+    if entry.containers is not None or not _covers_all(entry.ports):  # first: sources may be 100,000
+        return False
+    return any(not isinstance(source, SetRef) and source.prefixlen == 0 for source in entry.sources)
 
 
 def _covers_all(ports: Sequence[PortRange]) -> bool:
