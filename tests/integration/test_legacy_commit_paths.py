@@ -81,3 +81,27 @@ def test_without_python_iptables_the_driver_commits_through_restore(netns: str,
     monkeypatch.setitem(sys.modules, "iptc", None)  # `import iptc` fails as in the default install
     apply_and_check("iptables-legacy-restore")
     assert "python-iptables is not installed" in IptablesLegacyBackend.probe().reason
+
+
+def test_an_extension_error_after_libnftables_is_an_exception_not_an_exit(netns: str) -> None:
+    """libnftables (published-port discovery) initialises the process's libxtables with globals whose error
+    handler exits the process. A rule python-iptables cannot build must still raise, however the garbage
+    collector has run: in a subprocess (an exit would end the test run), with the collector off."""
+    if importlib.util.find_spec("iptc") is None:
+        if _in_ci():
+            pytest.fail("python-iptables is not installed: CI installs the libiptc extra")
+        pytest.skip("python-iptables is not installed (the libiptc extra)")
+    script = (
+        "import gc; gc.disable()\n"
+        "from dockerguard.backends.iptables import legacy\n"
+        "from dockerguard.model import Family\n"
+        "iptc = legacy._iptc()\n"
+        "legacy._rule(iptc, None, Family.IPV4, '-p tcp -m conntrack --ctorigdstport 443 -j RETURN')\n"
+        "import nftables; nftables.Nftables()  # initialises libxtables with libnftables' globals\n"
+        "try:\n"
+        "    legacy._rule(legacy._iptc(), None, Family.IPV4, '-m set --match-set dgnosuchset src -j RETURN')\n"
+        "except Exception as exc:\n"
+        "    print('raised', type(exc).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "raised" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)

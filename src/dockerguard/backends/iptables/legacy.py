@@ -27,6 +27,9 @@ python-iptables gotchas handled here:
 - Whether `-j NAME` jumps to a chain is decided by asking `rule.tables`, i.e. the process-wide cached
   handles of ALL tables (which instantiates every legacy table, and never sees a chain created in our
   uncommitted transaction): our rules answer from the transaction's own handle.
+- libnftables and python-iptables share the process's libxtables and each installs its own globals; an
+  extension error under libnftables' globals exits the process: `_iptc` makes python-iptables re-install
+  its own before every use.
 - `python-iptables` parameter parsing redirects the process's fd 1 for a moment (it captures the
   extension's save output): not thread-safe, but dockerguard calls it from one thread.
 """
@@ -60,10 +63,18 @@ _PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "ipv6-icmp": "58", "i
 
 
 def _iptc() -> Any:
+    """python-iptables, ready to parse rules with its own libxtables globals. Called before every use."""
     # once per process: the module is cached afterwards
     with privilege_noise_filtered(always=True), _library_hints():
         import iptc  # lazily: a modprobe
 
+    # The process has one libxtables, and libnftables (published-port discovery, detection) initialises it
+    # with globals whose error handler exits the process ("Try `nft -h'"). python-iptables puts its own
+    # back (errors raise XTablesError) only when it makes a new `xtables` object, i.e. when the old one was
+    # freed: by the garbage collector, so by luck. Forgetting its cached objects makes that happen now.
+    cache = getattr(getattr(getattr(iptc, "xtables", None), "xtables", None), "_cache", None)
+    if cache is not None:
+        cache.clear()
     return iptc
 
 
