@@ -9,9 +9,10 @@ anyone through while the policy says otherwise is OPEN: `audit` exits 3.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .backends import Exposure, PathFinding
+from .backends import Exposure, InstalledState, PathFinding
 from .model import Family, Role, Ruleset
 from .net import AddressError, Cidr, network_of, parse_address
 from .published import Discovery, Port
@@ -55,8 +56,32 @@ class AuditReport:
         return tuple(reach for reach in self.reaches if reach.verdict == "OPEN")
 
 
+def altered_paths(installed: InstalledState | None, expected: InstalledState,
+                  chain_role: Callable[[str], tuple[Role | None, Family | None]]) -> frozenset[tuple[Role, Family]]:
+    """The (role, family) paths whose installed rules cannot be read as the policy's: how traffic reaches our
+    rules differs (a hook, a jump, a table flag), or a rule the policy has (same chain and name) was changed
+    in place (another interface, port, set, verdict, ...). What such a path lets through is not known."""
+    if installed is None:
+        return frozenset()
+    everything = frozenset((role, family) for role in PATHS for family in Family)
+    if set(installed.hooks) != set(expected.hooks):
+        return everything
+    bodies = {(rule.chain, rule.description): rule.body for rule in expected.rules}
+    altered: set[tuple[Role, Family]] = set()
+    for rule in installed.rules:
+        wanted = bodies.get((rule.chain, rule.description))
+        if wanted is None or wanted == rule.body:
+            continue
+        role, family = chain_role(rule.chain)
+        for path_role in PATHS:  # the INPUT chain hands docker-proxy's traffic to the PROXY chain
+            if role is path_role or (role is Role.INPUT and path_role is Role.PROXY) or role is None:
+                altered.update((path_role, each) for each in Family if family in (None, each))
+    return frozenset(altered)
+
+
 def audit(backend: str, ruleset: Ruleset, exposure: Exposure, discovery: Discovery, *, in_sync: bool,
-          path: tuple[PathFinding, ...] = ()) -> AuditReport:
+          path: tuple[PathFinding, ...] = (), altered: frozenset[tuple[Role, Family]] = frozenset()) -> AuditReport:
+    """`altered` (see `altered_paths`): paths reported as reachable by anyone, as their rules are not known."""
     bindings = dict(discovery.bindings)
     reaches = []
     for proto, port in sorted(discovery.ports):
@@ -72,8 +97,10 @@ def audit(backend: str, ruleset: Ruleset, exposure: Exposure, discovery: Discove
                     reaches.append(Reach(proto, port, family, name, (), allowed, f"bound to {_LOOPBACK[family]}"))
                     continue
                 note = "" if allowed is not None else "filter_proxy_path = false"
-                reaches.append(Reach(proto, port, family, name, exposure.sources(role, family, proto, port),
-                                     allowed, note))
+                reachable = exposure.sources(role, family, proto, port)
+                if (role, family) in altered:
+                    reachable, note = None, "rules changed in place: see `dockerguard diff`"
+                reaches.append(Reach(proto, port, family, name, reachable, allowed, note))
     unmentioned = tuple((proto, port) for proto, port in sorted(discovery.ports)
                         if not any(rule.proto == proto and any(s.first <= port <= s.last for s in rule.ports)
                                    for rule in ruleset.allows))

@@ -21,7 +21,7 @@ class Change:
 
     def __str__(self) -> str:
         if self.kind == "set":
-            return f"{self.op} set {self.where}"
+            return f"{self.op} set {self.where}" + (f": {self.what}" if self.what else "")
         where = f"{self.where}: " if self.where else ""
         return f"{self.op} {self.kind} {where}{self.what}"
 
@@ -43,10 +43,14 @@ def diff_states(backend: str, installed: InstalledState | None, expected: Instal
     old = installed or InstalledState(backend, (), ())
     new = expected or InstalledState(backend, (), ())
     changes = _ordered("hook", [("", hook) for hook in old.hooks], [("", hook) for hook in new.hooks])
-    changes += _ordered("rule", [(rule.chain, rule.description) for rule in old.rules],
-                        [(rule.chain, rule.description) for rule in new.rules])
+    changes += _ordered("rule", _rules(old), _rules(new))
     changes += _set_changes(old, new)
     return Diff(backend, tuple(changes))
+
+
+def _rules(state: InstalledState) -> list[tuple[str, str]]:
+    """(chain, the whole rule as text): a rule that keeps its comment and changes a match differs."""
+    return [(rule.chain, rule.text) for rule in state.rules]
 
 
 def change_count(backend: str, installed: InstalledState | None, expected: InstalledState | None) -> int:
@@ -55,12 +59,14 @@ def change_count(backend: str, installed: InstalledState | None, expected: Insta
     old = installed or InstalledState(backend, (), ())
     new = expected or InstalledState(backend, (), ())
     count = len(_ordered("hook", [("", hook) for hook in old.hooks], [("", hook) for hook in new.hooks]))
-    count += len(_ordered("rule", [(rule.chain, rule.description) for rule in old.rules],
-                          [(rule.chain, rule.description) for rule in new.rules]))
+    count += len(_ordered("rule", _rules(old), _rules(new)))
     old_sets, new_sets = dict(old.sets), dict(new.sets)
+    old_specs, new_specs = dict(old.set_specs), dict(new.set_specs)
     for name in old_sets.keys() | new_sets.keys():
         before, after = old_sets.get(name), new_sets.get(name)
         count += (before is None) + (after is None) + len(set(before or ()).symmetric_difference(after or ()))
+        if before is not None and after is not None and old_specs.get(name) != new_specs.get(name):
+            count += 2
     return count
 
 
@@ -79,13 +85,17 @@ def _ordered(kind: str, before: list[tuple[str, str]], after: list[tuple[str, st
 
 def _set_changes(old: InstalledState, new: InstalledState) -> list[Change]:
     old_sets, new_sets = dict(old.sets), dict(new.sets)
+    old_specs, new_specs = dict(old.set_specs), dict(new.set_specs)
     changes: list[Change] = []
     for name in sorted(old_sets.keys() | new_sets.keys()):
         before, after = old_sets.get(name), new_sets.get(name)
         if after is None:
-            changes.append(Change("-", "set", name, ""))
+            changes.append(Change("-", "set", name, old_specs.get(name, "")))
         elif before is None:
-            changes.append(Change("+", "set", name, ""))
+            changes.append(Change("+", "set", name, new_specs.get(name, "")))
+        elif old_specs.get(name) != new_specs.get(name):  # declared otherwise: the set is replaced
+            changes += [Change("-", "set", name, old_specs.get(name, "")), Change("+", "set", name,
+                                                                                   new_specs.get(name, ""))]
         before_elements, after_elements = set(before or ()), set(after or ())
         changes += [Change("-", "element", name, e) for e in sorted(before_elements - after_elements)]
         changes += [Change("+", "element", name, e) for e in sorted(after_elements - before_elements)]

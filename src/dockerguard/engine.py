@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from . import published
 from . import state as state_module
-from .audit import AuditReport, audit
+from .audit import AuditReport, altered_paths, audit
 from .backends import (
     DRIVERS,
     Backend,
@@ -665,7 +665,8 @@ class Engine:
         backend.restore(snapshot)
         record("restore", "snapshot sent in one atomic transaction")
         installed = backend.installed()
-        if installed != previous:
+        same = installed == previous if installed is None or previous is None else installed.matches(previous)
+        if not same:
             raise RollbackError("the restored ruleset read back differs from the one saved before the change; "
                                 "check `dockerguard status`")
         record("verify", "restored rules read back equal the saved ones")
@@ -758,8 +759,10 @@ class Engine:
         if not policy.filter_proxy_path:  # compile did not look for them
             self.discovery = self._discover(lambda: (self._docker or DockerClient(policy.docker_socket)).containers())
         installed = backend.installed()
+        expected = backend.expected(ruleset)
         return audit(backend.name, ruleset, backend.exposure(installed), self.discovery,
-                     in_sync=installed == backend.expected(ruleset), path=backend.path_report())
+                     in_sync=installed == expected, path=backend.path_report(),
+                     altered=altered_paths(installed, expected, backend.chain_role))
 
     def metrics(self, policy: Policy | None = None) -> MetricsReport:
         """The installed rules' counters (attributed to `policy`'s entries when given), drift from it, which
@@ -953,7 +956,8 @@ def state_digest(state: InstalledState | None) -> str:
     """A fingerprint of a read-back state (hooks, rules, set elements; counters left out)."""
     if state is None:
         return "nothing"
-    text = json.dumps([state.hooks, [(rule.chain, rule.description) for rule in state.rules], state.sets])
+    text = json.dumps([state.hooks, [(rule.chain, rule.description, rule.body) for rule in state.rules], state.sets,
+                       state.set_specs])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -597,8 +597,9 @@ def state_to_json(state: InstalledState | None) -> dict[str, Any] | None:
     if state is None:
         return None
     return {"backend": state.backend, "hooks": list(state.hooks),
-            "rules": [[rule.chain, rule.description] for rule in state.rules],
-            "sets": [[name, list(elements)] for name, elements in state.sets]}
+            "rules": [[rule.chain, rule.description, rule.body] for rule in state.rules],
+            "sets": [[name, list(elements)] for name, elements in state.sets],
+            "set_specs": [[name, spec] for name, spec in state.set_specs]}
 
 
 def state_from_json(raw: Any) -> InstalledState | None:
@@ -611,11 +612,21 @@ def state_from_json(raw: Any) -> InstalledState | None:
     sets = raw.get("sets", [])
     if not isinstance(sets, list):
         raise TypeError("sets is not a list")
+    # Written before rule bodies and set declarations were kept: [chain, description] pairs, no set_specs.
+    partial = "set_specs" not in raw
+    specs = [] if partial else _list(raw, "set_specs")
     return InstalledState(
         str(_text(raw, "backend")), tuple(_strings(_list(raw, "hooks"), "hooks")),
-        tuple(InstalledRule(*_strings(pair, "rule", 2)) for pair in rules),
+        tuple(_rule(item, partial) for item in rules),
         tuple((_strings([pair[0]], "set")[0], tuple(_strings(pair[1], "set elements")))
-              for pair in sets if _pair(pair, "set")))
+              for pair in sets if _pair(pair, "set")),
+        tuple((name, spec) for name, spec in (_strings(pair, "set declaration", 2) for pair in specs)),
+        partial)
+
+
+def _rule(item: Any, partial: bool) -> InstalledRule:
+    chain, description, *body = _strings(item, "rule", 2 if partial else 3)
+    return InstalledRule(chain, description, body=body[0] if body else "")
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:

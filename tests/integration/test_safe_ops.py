@@ -180,7 +180,7 @@ def test_diff_is_empty_and_second_apply_is_a_no_op(ns: Netns, make_netns: Callab
     changed = ns.cli("diff", "-c", other, "--backend", "nft", "--exit-code", check=False)
     assert changed.returncode == 1
     assert "+ element allow_v4_tcp: 198.51.100.0/24 . 8080-8080" in changed.stdout.splitlines()
-    assert "- set allow_v6_tcp" in changed.stdout.splitlines()
+    assert "- set allow_v6_tcp: type ipv6_addr . inet_service; flags interval" in changed.stdout.splitlines()
     assert ns.listing(handles=True) == before  # diff changes nothing
 
 

@@ -122,9 +122,10 @@ def egress_entry(draw: st.DrawFn, s: dict[str, st.SearchStrategy[Any]]) -> dict[
 
 
 @st.composite
-def policies(draw: st.DrawFn) -> str:
-    """A policy file; one in four strays from the schema somewhere (then it is likely refused)."""
-    s = strategies(stray=draw(st.integers(0, 3)) == 0)
+def policies(draw: st.DrawFn, may_stray: bool = True) -> str:
+    """A policy file; one in four strays from the schema somewhere (then it is likely refused), unless not
+    `may_stray`."""
+    s = strategies(stray=may_stray and draw(st.integers(0, 3)) == 0)
     names = draw(st.lists(s["interface"], min_size=1, max_size=3, unique=True))
     lines = [f"external_interfaces = {toml(names)}"]
     for key, strategy in (("default", s["default"]), ("log_dropped", st.booleans()), ("bans", st.booleans()),

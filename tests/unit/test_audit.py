@@ -101,3 +101,19 @@ def test_cli_exits_3_when_open_and_prints_json(kernel: FakeNftKernel, tmp_path: 
     assert after.exit_code == 0 and data["open"] == 0 and data["in_sync"] is True
     assert {"port": 8080, "family": 6, "path": "docker-proxy", "verdict": "ok"}.items() <= next(
         r for r in data["reaches"] if (r["port"], r["family"], r["path"]) == (8080, 6, "docker-proxy")).items()
+
+
+def test_a_rule_changed_in_place_makes_its_path_unknown_hence_open(kernel: FakeNftKernel) -> None:
+    """`nft replace rule` of the judging rule with another interface, its comment kept: forwarded traffic on
+    the real interface is no longer judged. The audit must not read the comment and call the path ok."""
+    engine(kernel).apply(POLICY)
+    table = kernel.tables[("inet", "dockerguard")]
+    judge = next(rule for rule in table.rules["forward"] if rule["comment"].startswith("judge forwarded"))
+    changed = json.loads(json.dumps(judge))
+    changed["expr"][0]["match"]["right"] = "ens18"
+    assert kernel.json_cmd({"nftables": [{"replace": {"rule": changed}}]})[0] == 0
+    report = engine(kernel).audit(POLICY)
+    table_rows = rows(report)
+    assert table_rows[(8080, 4, "forward")] == ("OPEN", "*") and table_rows[(8080, 6, "forward")] == ("OPEN", "*")
+    assert table_rows[(8080, 4, "docker-proxy")] == ("ok", "198.51.100.9/32")  # that path is as installed
+    assert not report.in_sync

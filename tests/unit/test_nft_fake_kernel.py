@@ -59,7 +59,7 @@ def test_diff_lists_set_elements_and_rules_that_change(engine: Engine) -> None:
     changes = {str(change) for change in engine.diff(OFFICE).changes}
     assert "+ element allow_v4_tcp: 203.0.113.0/24 . 8443-8443" in changes
     assert "- element allow_v4_tcp: 0.0.0.0/0 . 25-25" in changes
-    assert "+ rule host: default drop -> drop" in changes
+    assert "+ rule host: default drop -> drop :: counter drop" in changes
     assert not engine.diff(CLASSIC).changes
 
 
@@ -144,3 +144,91 @@ def test_the_fake_refuses_what_the_kernel_refuses(kernel: FakeNftKernel) -> None
     assert kernel.tables == {}  # nothing of the batch took effect
     rc, _, error = kernel.json_cmd({"nftables": [{"delete": {"table": {"family": "inet", "name": "t"}}}]})
     assert rc != 0 and "No such file or directory" in error
+
+
+# -- "in sync" means the kernel decides as the policy says (issue: read-back by comment only) ------------
+def _policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_fixed_interface_or_burst_is_applied_not_reported_as_installed(kernel: FakeNftKernel, tmp_path: Path) -> None:
+    """The reported case: `ens18` by mistake, then fixed to `eth0`; then only limit_burst changed."""
+    allow = '[[allow]]\nports = [8080]\nsources = ["198.51.100.3"]\nlimit = "10/second"\n'
+    engine = Engine(NftBackend(kernel))
+    assert engine.apply_file(_policy(tmp_path, f'external_interfaces = ["ens18"]\n{allow}limit_burst = 1\n')).changed
+    fixed = engine.apply_file(_policy(tmp_path, f'external_interfaces = ["eth0"]\n{allow}limit_burst = 1\n'))
+    assert fixed.changed
+    listed = json.dumps(kernel._list({"table": {"family": "inet", "name": "dockerguard"}}))
+    assert '"eth0"' in listed and "ens18" not in listed
+    assert engine.apply_file(_policy(tmp_path, f'external_interfaces = ["eth0"]\n{allow}limit_burst = 7\n')).changed
+    listed = json.dumps(kernel._list({"table": {"family": "inet", "name": "dockerguard"}}))
+    assert '"burst": 7' in listed and '"burst": 1' not in listed
+
+
+def _replace_keeping_comment(kernel: FakeNftKernel, comment: str, change: Any) -> None:
+    """What `nft replace rule inet dockerguard CHAIN handle H ...` does, the comment kept."""
+    table = kernel.tables[TABLE]
+    rule = next(rule for rules in table.rules.values() for rule in rules if rule.get("comment") == comment)
+    replaced = json.loads(json.dumps(rule))
+    change(replaced["expr"])
+    assert kernel.json_cmd({"nftables": [{"replace": {"rule": replaced}}]})[0] == 0
+
+
+def test_tampering_that_keeps_the_comment_is_drift_and_is_repaired(kernel: FakeNftKernel, engine: Engine,
+                                                                   tmp_path: Path) -> None:
+    policy = _policy(tmp_path, (EXAMPLES / "office.toml").read_text())
+    engine.apply_file(policy, guard=False)
+    _replace_keeping_comment(kernel, "judge forwarded traffic entering external interfaces",
+                             lambda expr: expr[0]["match"].update(right="ens18"))
+    status = engine.status(OFFICE)
+    assert status.in_sync is False
+    assert any(change.op == "-" and "ens18" in change.what for change in status.diff.changes)  # type: ignore[union-attr]
+    result = engine.apply_file(policy, guard=False)
+    assert result.changed
+    assert engine.status(OFFICE).in_sync is True
+    assert "ens18" not in json.dumps(kernel._list({"table": {"family": "inet", "name": "dockerguard"}}))
+
+
+def test_a_dormant_table_is_drift(kernel: FakeNftKernel, engine: Engine) -> None:
+    engine.apply(OFFICE, guard=False)
+    kernel.json_cmd({"nftables": [{"add": {"table": {"family": "inet", "name": "dockerguard", "flags": ["dormant"]}}}]})
+    assert engine.status(OFFICE).in_sync is False
+    assert engine.apply(OFFICE, guard=False).changed
+    assert not kernel.tables[TABLE].flags and engine.status(OFFICE).in_sync is True
+
+
+def test_status_check_names_the_tampered_rule_and_exits_3(kernel: FakeNftKernel, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _policy(tmp_path, (EXAMPLES / "office.toml").read_text())
+    Engine(NftBackend(kernel)).apply_file(policy, guard=False)
+    _replace_keeping_comment(kernel, "default reject", lambda expr: expr.__setitem__(-1, {"accept": None}))
+    monkeypatch.setattr(cli, "_engine", lambda backend, **options: Engine(NftBackend(kernel), **options))
+    result = CliRunner().invoke(cli.app, ["status", "-c", str(policy), "--state-dir", str(tmp_path / "state")])
+    assert result.exit_code == 3, result.output
+    assert "- rule external: default reject -> accept :: counter accept" in result.output
+    assert "+ rule external: default reject -> reject :: counter reject" in result.output
+
+
+class _Nft106(FakeNftKernel):
+    """nft 1.0.6 writes a table's flags into JSON as garbage or cuts the listing off there, and sometimes
+    the process dies (`corrupted double-linked list`): listing a table with flags must never happen."""
+
+    def json_cmd(self, payload: dict[str, Any], *, json_output: bool = False,
+                 dry_run: bool = False) -> tuple[int, str, str]:
+        rc, output, error = super().json_cmd(payload, json_output=json_output, dry_run=dry_run)
+        assert '"flags": ["dormant"]' not in output, "listed a dormant table with nft 1.0.6"
+        return rc, output, error
+
+
+def test_a_dormant_table_that_old_nft_cannot_list_is_drift_and_is_replaced() -> None:
+    kernel = _Nft106()
+    engine = Engine(NftBackend(kernel))
+    engine.apply(OFFICE, guard=False)
+    kernel.json_cmd({"nftables": [{"add": {"table": {"family": "inet", "name": "dockerguard", "flags": ["dormant"]}}}]})
+    status = engine.status(OFFICE)
+    assert status.in_sync is False
+    assert "table dockerguard: flags dormant" in status.installed.hooks  # type: ignore[union-attr]
+    assert engine.apply(OFFICE, guard=False).changed and not kernel.tables[TABLE].flags
+    assert engine.status(OFFICE).in_sync is True

@@ -45,26 +45,51 @@ class Rendered:
 
 @dataclass(frozen=True)
 class InstalledRule:
-    """One installed rule, reduced to what identifies it. Counters are reported, never compared."""
+    """One installed rule: `description` names it for people (the iptables drivers: the whole rule spec;
+    nft: its comment and verdict), `body` is the rest of what decides its packets, normalised (nft: every
+    match and statement; "" where the description says it all). Both are compared; counters are reported,
+    never compared."""
 
     chain: str
     description: str
     packets: int = field(default=0, compare=False)
     bytes: int = field(default=0, compare=False)
+    body: str = ""
+
+    @property
+    def text(self) -> str:
+        """The rule as one line: its description, and its body when that says more."""
+        return f"{self.description} :: {self.body}" if self.body else self.description
 
 
 @dataclass(frozen=True)
 class InstalledState:
-    """What a driver's objects in the kernel amount to, in a form comparable with `expected()`.
+    """What a driver's objects in the kernel amount to, in a form comparable with `expected()`: equal
+    states decide every packet alike.
 
-    `hooks` are facts about how traffic reaches our rules (chain hook/priority, the jump from
-    DOCKER-USER, ...), `sets` hold normalised set contents.
-    """
+    `hooks` are facts about how traffic reaches our rules (chain hook/priority/policy, the jump from
+    DOCKER-USER, table flags, ...), `rules` every rule of our chains in order, `sets` normalised set
+    contents, `set_specs` each set's declaration (type, flags; ipsets: also members' options).
+    `partial`: read from a record written before rule bodies and set declarations were kept (compare
+    with `labels()` of a read-back)."""
 
     backend: str
     hooks: tuple[str, ...]
     rules: tuple[InstalledRule, ...]
     sets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    set_specs: tuple[tuple[str, str], ...] = ()
+    partial: bool = field(default=False, compare=False)
+
+    def labels(self) -> InstalledState:
+        """This state as an older dockerguard recorded it: rules by description only, no set declarations."""
+        return InstalledState(self.backend, self.hooks, tuple(InstalledRule(rule.chain, rule.description)
+                                                              for rule in self.rules), self.sets, (), True)
+
+    def matches(self, recorded: InstalledState | None) -> bool:
+        """Is this read-back what `recorded` says (compared as far as the record goes)?"""
+        if recorded is not None and recorded.partial:
+            return self.labels() == recorded
+        return self == recorded
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,9 @@ class IptablesDriver(Backend):
             raise TransactionError(f"cannot parse {argv[0]} output: {exc}") from None
 
     def _layouts(self) -> dict[Family, Layout]:
-        sets = self._read_sets()
-        return {family: rules.layout_of(self.read_table(family), sets.get(family)) for family in Family}
+        sets, specs = self._read_sets()
+        return {family: rules.layout_of(self.read_table(family), sets.get(family), specs.get(family))
+                for family in Family}
 
     # -- ipsets ----------------------------------------------------------------------------------
     @staticmethod
@@ -118,15 +119,18 @@ class IptablesDriver(Backend):
     def _use_ipsets(self) -> bool:
         return self.live and self.ipsets_usable()
 
-    def _read_sets(self) -> dict[Family, dict[str, ipsets.Members]]:
-        """Our ipsets (by name prefix), per family; none when `ipset` is not installed."""
+    def _read_sets(self) -> tuple[dict[Family, dict[str, ipsets.Members]], dict[Family, dict[str, str]]]:
+        """Our ipsets (by name prefix) per family: their members, and their declarations; none when `ipset`
+        is not installed."""
+        members: dict[Family, dict[str, ipsets.Members]] = {}
+        specs: dict[Family, dict[str, str]] = {}
         if not self.ipsets_usable():
-            return {}
+            return members, specs
         proc = self._ipset(["save"])
-        by_family: dict[Family, dict[str, ipsets.Members]] = {}
-        for name, (family, members) in ipsets.parse_save(proc.stdout).items():
-            by_family.setdefault(family, {})[name] = members
-        return by_family
+        for name, (family, content, spec) in ipsets.parse_save(proc.stdout).items():
+            members.setdefault(family, {})[name] = content
+            specs.setdefault(family, {})[name] = spec
+        return members, specs
 
     def _ipset(self, argv: Sequence[str], text: str | None = None, *, check: bool = True
                ) -> subprocess.CompletedProcess[str]:
@@ -140,11 +144,16 @@ class IptablesDriver(Backend):
 
     def _create_sets(self, current: dict[Family, Layout], target: dict[Family, Layout]) -> list[str]:
         """Create (one `ipset restore`) the target's sets that do not exist yet; their names say their
-        content, so an existing one is reused. Returns the names created."""
+        content, so an existing one is reused, unless someone changed it (members, `nomatch`, timeouts):
+        then it is filled anew and swapped in. Returns the names created."""
         have = {name for layout in current.values() for name, _ in layout.sets}
         create = {name: (family, members) for family, layout in target.items() for name, members in layout.sets
                   if name not in have}
-        text = ipsets.restore_text(create) if create else ""
+        tampered = {name for family, layout in target.items() if family in current
+                    for name in current[family].tampered_sets(layout, family)}
+        replace = {name: (family, members) for family, layout in target.items() for name, members in layout.sets
+                   if name in tampered}
+        text = ipsets.restore_text(create, replace) if create or replace else ""
         if any(ban in spec for layout in target.values() for _, specs in layout.chains for spec in specs
                for ban in ipsets.BAN_SETS.values()):
             text += ipsets.ban_restore_text(self._ipset(["list", "-n"]).stdout.split())
@@ -273,7 +282,7 @@ class IptablesDriver(Backend):
 
     def installed(self) -> InstalledState | None:
         return rules.installed_state(self.name, {family: self.read_table(family) for family in Family},
-                                     self._read_sets())
+                                     *self._read_sets())
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
         return rules.expected_state(self.name, ruleset, self._use_ipsets())
@@ -283,10 +292,11 @@ class IptablesDriver(Backend):
 
     def read(self) -> tuple[InstalledState | None, Snapshot]:
         tables = {family: self.read_table(family) for family in Family}
-        sets = self._read_sets()
-        layouts = {family: rules.layout_of(table, sets.get(family)) for family, table in tables.items()}
+        sets, specs = self._read_sets()
+        layouts = {family: rules.layout_of(table, sets.get(family), specs.get(family))
+                   for family, table in tables.items()}
         data = {rules.family_label(family): layout.to_json() for family, layout in layouts.items()}
-        return rules.installed_state(self.name, tables, sets), Snapshot(self.name, data)
+        return rules.installed_state(self.name, tables, sets, specs), Snapshot(self.name, data)
 
     def restore(self, snapshot: Snapshot) -> None:
         errors: list[str] = []
@@ -306,7 +316,8 @@ class IptablesDriver(Backend):
             raise TransactionError("; ".join(errors))
 
     def _restore_family(self, family: Family, snapshot: Layout) -> None:
-        current = rules.layout_of(self.read_table(family), self._read_sets().get(family))
+        sets, specs = self._read_sets()
+        current = rules.layout_of(self.read_table(family), sets.get(family), specs.get(family))
         target = rules.restore_target(current, snapshot)
         if current.rules_key != target.rules_key:
             self._send(family, rules.restore_text(family, rules.transition(current, target)))

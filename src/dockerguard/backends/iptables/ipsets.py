@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 
 from ...model import Family
@@ -40,14 +41,23 @@ def _texts(sources: tuple[Network, ...]) -> tuple[str, ...]:
     return tuple(map(str, sources))
 
 
-def restore_text(create: Mapping[str, tuple[Family, Members]]) -> str:
-    """`ipset restore` input creating and filling the sets `create`, in one call."""
+def restore_text(create: Mapping[str, tuple[Family, Members]],
+                 replace: Mapping[str, tuple[Family, Members]] | None = None) -> str:
+    """`ipset restore` input creating and filling the sets `create`, in one call; each set of `replace`
+    (it exists with other members, or declared otherwise: tampered with) is filled anew under a new
+    name and swapped in, atomically per set, while the rules go on matching it by its name."""
     lines = []
     for name, (family, members) in sorted(create.items()):
-        maxelem = max(MIN_MAXELEM, 1 << (2 * len(members) - 1).bit_length())
-        lines.append(f"create {name} hash:net family {_FAMILY[family]} maxelem {maxelem}")
-        lines += [f"add {name} {member}" for member in members]
+        lines += _create(name, family, members)
+    for name, (family, members) in sorted((replace or {}).items()):
+        fresh = f"{PREFIX}n{secrets.token_hex(6)}"  # never taken; a leftover is ours, destroyed by the next apply
+        lines += [*_create(fresh, family, members), f"swap {fresh} {name}", f"destroy {fresh}"]
     return "\n".join(lines) + "\n"
+
+
+def _create(name: str, family: Family, members: Members) -> list[str]:
+    maxelem = max(MIN_MAXELEM, 1 << (2 * len(members) - 1).bit_length())
+    return [f"create {name} {spec(family)} maxelem {maxelem}", *(f"add {name} {member}" for member in members)]
 
 
 def destroy_text(names: Iterable[str]) -> str:
@@ -61,19 +71,37 @@ def ban_restore_text(existing: Iterable[str]) -> str:
                    for family, name in BAN_SETS.items() if name not in existing)
 
 
-def parse_save(text: str) -> dict[str, tuple[Family, Members]]:
+def parse_save(text: str) -> dict[str, tuple[Family, Members, str]]:
     """Our content sets (name prefix; the ban sets are not content) in `ipset save` output:
-    name -> (family, sorted members). ipset prints host entries without a prefix length; our members
-    always have one. One regex scan per set, not a split per line: 100,000 members cost 0.5 s that way."""
-    sets: dict[str, tuple[Family, Members]] = {}
+    name -> (family, sorted members, declaration). ipset prints host entries without a prefix length; our
+    members always have one. The declaration (`spec`) is what else decides packets: the set's type and
+    family, a default timeout, and members flagged `nomatch` (they exclude) or with a timeout (they expire).
+    One regex scan per set, not a split per line: 100,000 members cost 0.5 s that way."""
+    sets: dict[str, tuple[Family, Members, str]] = {}
     for name, options in _CREATE.findall(text):
         if name in BAN_SETS.values():
             continue
-        family = Family.IPV6 if "inet6" in options.split() else Family.IPV4
+        words = options.split()
+        family = Family.IPV6 if "inet6" in words else Family.IPV4
         suffix = "/32" if family is Family.IPV4 else "/128"
-        found = re.findall(rf"^add {re.escape(name)} (\S+)", text, re.M)
-        sets[name] = (family, tuple(sorted(member if "/" in member else member + suffix for member in found)))
+        found = re.findall(rf"^add {re.escape(name)} (\S+)(.*)$", text, re.M)
+        members = [member if "/" in member else member + suffix for member, _ in found]
+        flagged = sorted(f"{member} {_deciding(rest.split())}" for member, (_, rest) in zip(members, found)
+                         if _deciding(rest.split()))
+        declared = " ".join([words[0] if words else "?", "family", _FAMILY[family], *(
+            ["timeout"] if "timeout" in words else [])])
+        sets[name] = (family, tuple(sorted(members)), "; ".join([declared, *flagged]))
     return sets
+
+
+def spec(family: Family) -> str:
+    """The declaration `parse_save` reads back from a set `restore_text` created."""
+    return f"hash:net family {_FAMILY[family]}"
+
+
+def _deciding(options: list[str]) -> str:
+    """A member's options that decide packets: `nomatch`, and whether it expires (not when: that counts down)."""
+    return " ".join(word for word in options if word in ("nomatch", "timeout"))
 
 
 _CREATE = re.compile(rf"^create ({re.escape(PREFIX)}\S+) (.*)$", re.M)

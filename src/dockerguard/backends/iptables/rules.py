@@ -473,7 +473,9 @@ class Layout:
     jump to one of our chains, with their positions. `chains` are our chains that exist, with their
     rules. `foreign_user_rules` counts DOCKER-USER's other rules (Docker's RETURN, the admin's), which
     we never touch but must know about before deleting a DOCKER-USER we created. `sets` are our ipsets
-    of this family (name, members): the driver creates and destroys them around the rules' transaction.
+    of this family (name, members): the driver creates and destroys them around the rules' transaction;
+    `set_specs` their declarations as `ipsets.parse_save` reads them (not part of a snapshot: a restored
+    set is created as we declare every set).
     """
 
     user_chain: bool
@@ -481,6 +483,13 @@ class Layout:
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     foreign_user_rules: int = 0
     sets: tuple[tuple[str, ipsets.Members], ...] = ()
+    set_specs: tuple[tuple[str, str], ...] = ()
+
+    def tampered_sets(self, target: Layout, family: Family) -> list[str]:
+        """Sets of `target` that exist here with other members or declared otherwise than we declare sets."""
+        members, specs = dict(self.sets), dict(self.set_specs)
+        return [name for name, content in target.sets
+                if name in members and (members[name] != content or specs.get(name) != ipsets.spec(family))]
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -633,7 +642,8 @@ def target_layout(ruleset: Ruleset, family: Family, use_ipsets: bool = False) ->
         chains.append((ours, tuple(canonical(spec) for spec in chain_rules(chain, family, use_ipsets))))
         if use_ipsets:
             sets.update(chain_sets(chain, family))
-    return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)), sets=tuple(sorted(sets.items())))
+    return Layout(True, tuple(sorted(managed)), tuple(sorted(chains)), sets=tuple(sorted(sets.items())),
+                  set_specs=tuple(sorted((name, ipsets.spec(family)) for name in sets)))
 
 
 @dataclass(frozen=True)
@@ -683,8 +693,10 @@ def parse_save(text: str) -> FilterTable:
     return FilterTable(tuple(chains), tuple(rules))
 
 
-def layout_of(table: FilterTable, sets: Mapping[str, ipsets.Members] | None = None) -> Layout:
-    """The managed part of a live filter table; `sets`: our ipsets of the family (from `ipset save`)."""
+def layout_of(table: FilterTable, sets: Mapping[str, ipsets.Members] | None = None,
+              specs: Mapping[str, str] | None = None) -> Layout:
+    """The managed part of a live filter table; `sets`: our ipsets of the family (from `ipset save`), with
+    their declarations `specs`."""
     managed: list[Managed] = []
     foreign_user_rules = 0
     for chain in table.chains:
@@ -698,7 +710,7 @@ def layout_of(table: FilterTable, sets: Mapping[str, ipsets.Members] | None = No
     chains = tuple((name, tuple(rule.spec for rule in table.chain(name)))
                    for name in sorted(OUR_CHAINS) if name in table.chains)
     return Layout(USER_CHAIN in table.chains, tuple(sorted(managed)), chains, foreign_user_rules,
-                  tuple(sorted((sets or {}).items())))
+                  tuple(sorted((sets or {}).items())), tuple(sorted((specs or {}).items())))
 
 
 # -- from one layout to another -------------------------------------------------------------------
@@ -754,7 +766,7 @@ def restore_target(current: Layout, snapshot: Layout) -> Layout:
         return snapshot
     forward = tuple(item for item in current.managed if item[0] == FORWARD_CHAIN and item[2] == FORWARD_JUMP)
     return Layout(True, tuple(sorted((*snapshot.managed, *forward))), snapshot.chains,
-                  current.foreign_user_rules, snapshot.sets)
+                  current.foreign_user_rules, snapshot.sets, snapshot.set_specs)
 
 
 def restore_text(family: Family, lines: Sequence[str], note: str | None = None) -> str:
@@ -770,6 +782,7 @@ def state(backend: str, layouts: Mapping[Family, Layout],
     hooks: list[str] = []
     rules: list[InstalledRule] = []
     sets: list[tuple[str, ipsets.Members]] = []
+    declarations: list[tuple[str, str]] = []
     for family in Family:
         layout = layouts.get(family)
         if layout is None:
@@ -778,12 +791,13 @@ def state(backend: str, layouts: Mapping[Family, Layout],
         hooks += [f"{label} {chain} rule {position}: {spec}" for chain, position, spec in layout.managed]
         hooks.append(f"{label} chains: {', '.join(name for name, _ in layout.chains) or 'none'}")
         sets += layout.sets
+        declarations += layout.set_specs
         for name, specs in layout.chains:
             live = counters[family].chain(name) if counters and family in counters else []
             for index, spec in enumerate(specs):
                 packets, octets = (live[index].packets, live[index].bytes) if index < len(live) else (0, 0)
                 rules.append(InstalledRule(f"{label} {name}", spec, packets, octets))
-    return InstalledState(backend, tuple(hooks), tuple(rules), tuple(sorted(sets)))
+    return InstalledState(backend, tuple(hooks), tuple(rules), tuple(sorted(sets)), tuple(sorted(declarations)))
 
 
 def expected_state(backend: str, ruleset: Ruleset, use_ipsets: bool = False) -> InstalledState:
@@ -791,8 +805,10 @@ def expected_state(backend: str, ruleset: Ruleset, use_ipsets: bool = False) -> 
 
 
 def installed_state(backend: str, tables: Mapping[Family, FilterTable],
-                    sets: Mapping[Family, Mapping[str, ipsets.Members]] | None = None) -> InstalledState | None:
-    layouts = {family: layout_of(table, (sets or {}).get(family)) for family, table in tables.items()}
+                    sets: Mapping[Family, Mapping[str, ipsets.Members]] | None = None,
+                    specs: Mapping[Family, Mapping[str, str]] | None = None) -> InstalledState | None:
+    layouts = {family: layout_of(table, (sets or {}).get(family), (specs or {}).get(family))
+               for family, table in tables.items()}
     if not any(layout.installed for layout in layouts.values()):
         return None
     return state(backend, layouts, tables)

@@ -41,7 +41,9 @@ from .render import (
     address_value as _address,
 )
 
-_OBJECT_KINDS = ("chain", "set", "rule")
+_OBJECT_KINDS = ("chain", "set", "rule")  # what a snapshot holds and restores
+_LISTED_KINDS = ("table", *_OBJECT_KINDS)  # what read-back compares (a table's flags decide packets too)
+_TABLE_FLAG_BITS = ((1, "dormant"), (2, "owner"), (4, "persist"))  # NFT_TABLE_F_*
 
 
 class NftBackend(Backend):
@@ -67,12 +69,13 @@ class NftBackend(Backend):
 
     def probe_client(self) -> ProbeResult:
         """Can this client's kernel take our ruleset form? Checked without committing anything."""
-        try:
-            rc, output, error = self.client.json_cmd({"nftables": [{"list": {"tables": {}}}]}, json_output=True)
+        try:  # an always empty listing, for its metainfo (see `_version`)
+            rc, output, error = self.client.json_cmd({"nftables": [{"list": {"flowtables": {"family": "arp"}}}]},
+                                                     json_output=True)
         except OSError as exc:
             return ProbeResult(self.name, False, f"libnftables cannot be loaded ({exc}); install libnftables1")
         if rc != 0:
-            return ProbeResult(self.name, False, f"cannot list nftables tables: {error.strip()} "
+            return ProbeResult(self.name, False, f"cannot list nftables objects: {error.strip()} "
                                                  "(needs root / CAP_NET_ADMIN)")
         version = metainfo_version(output)
         # Concatenated interval sets and `ct original proto-dst` appeared in different releases.
@@ -121,7 +124,7 @@ class NftBackend(Backend):
         if objects is None:
             return None, Snapshot(self.name, None)
         return (state_of(objects, self._ipv6_prefixes_unreadable()),
-                Snapshot(self.name, [_snapshot_form(item) for item in objects]))
+                Snapshot(self.name, [_snapshot_form(item) for item in objects if "table" not in item]))
 
     def generation(self) -> int | None:
         return self.client.generation()
@@ -215,14 +218,19 @@ class NftBackend(Backend):
             raise TransactionError(f"{what}: {error.strip()}")
 
     def _list_table(self) -> list[dict[str, Any]] | None:
-        """Our tables' objects as the kernel lists them (the bans table's after the main one's); None when
-        the main table does not exist."""
+        """Our tables and their objects as the kernel lists them (the bans table's after the main one's);
+        None when the main table does not exist."""
         objects = self._list(TABLE)
         if objects is None:
             return None
         return objects + (self._list(BANS_TABLE) or [])
 
     def _list(self, table: dict[str, str]) -> list[dict[str, Any]] | None:
+        flags = self.client.table_flags(table["name"])
+        if flags and version_tuple(self._version()) < (1, 1):
+            # nft before 1.1 cannot list a table with flags in JSON: garbage, a cut-off listing, or (1.0.6) a
+            # crash of this process. Such a table (dormant: switched off) decides nothing; apply replaces it.
+            return [{"table": {**table, "flags": [name for bit, name in _TABLE_FLAG_BITS if flags & bit] or ["?"]}}]
         rc, output, error = self.client.json_cmd({"nftables": [{"list": {"table": table}}]}, json_output=True)
         if rc != 0:
             if "No such file or directory" in error:
@@ -230,16 +238,26 @@ class NftBackend(Backend):
             raise TransactionError(f"cannot list table inet {table['name']}: {error.strip()}")
         if self._nft_version is None:
             self._nft_version = metainfo_version(output)
-        return [item for item in json.loads(output)["nftables"] if any(kind in item for kind in _OBJECT_KINDS)]
+        try:
+            listed = json.loads(output)["nftables"]
+        except (ValueError, KeyError, TypeError):
+            raise TransactionError(f"nft listed table inet {table['name']} as invalid JSON") from None
+        return [item for item in listed if any(kind in item for kind in _LISTED_KINDS)]
 
     def _ipv6_prefixes_unreadable(self) -> bool:
         """nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though
         the kernel holds the right one (a newer nft lists it correctly). With such an nft, read-back can
         only compare those elements' addresses, not their prefix lengths."""
+        return version_tuple(self._version()) < (1, 0)
+
+    def _version(self) -> str:
+        """libnftables' version, from the metainfo of a listing that is always empty (flowtables of the arp
+        family): listing tables could meet one with flags, which old versions cannot write (see `_list`)."""
         if self._nft_version is None:
-            _, output, _ = self.client.json_cmd({"nftables": [{"list": {"tables": {}}}]}, json_output=True)
+            _, output, _ = self.client.json_cmd({"nftables": [{"list": {"flowtables": {"family": "arp"}}}]},
+                                                json_output=True)
             self._nft_version = metainfo_version(output)
-        return version_tuple(self._nft_version) < (1, 0)
+        return self._nft_version
 
 
 def _no_ban_sets(error: str) -> DockerguardError:

@@ -4,8 +4,9 @@
 no kernel: engine and CLI tests use it. It executes the JSON commands the driver sends (add, create,
 delete, flush of tables, chains, sets, rules and elements; list of tables, a table, chains), all or
 nothing per batch like the kernel, and lists objects the way nft 1.0 does (table, sets, chains, rules,
-each with a handle). It checks what the kernel would refuse in our usage: missing tables, chains and
-sets, a rule naming a set or jump target that does not exist, deleting what is still used.
+each with a handle; a rule without the protocol check a later match implies). It checks what the kernel
+would refuse in our usage: missing tables, chains and sets, a rule naming a set or jump target that does
+not exist, deleting what is still used.
 
 It does not interpret rules (no packets), nor check set element overlaps. `fail_next` makes the next
 writing batch fail, for fault injection; `batches` counts committed writing batches.
@@ -35,6 +36,7 @@ class _Table:
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     chains: dict[str, dict[str, Any]] = field(default_factory=dict)
     rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # chain -> rules in order
+    flags: list[str] = field(default_factory=list)
 
 
 class FakeNftKernel:
@@ -81,11 +83,18 @@ class FakeNftKernel:
         """Like the kernel's: one more per committed writing batch."""
         return self.batches
 
+    def table_flags(self, name: str) -> int | None:
+        table = self.tables.get(("inet", name))
+        return None if table is None else sum(bit for bit, flag in ((1, "dormant"), (2, "owner"), (4, "persist"))
+                                               if flag in table.flags)
+
     # -- tables ----------------------------------------------------------------------------------
     def _add_table(self, spec: dict[str, Any]) -> None:
         key = (spec["family"], spec["name"])
         if key not in self.tables:
             self.tables[key] = _Table(spec["family"], spec["name"], self._next_handle())
+        if "flags" in spec:  # `add table ... { flags dormant; }` changes an existing table's flags
+            self.tables[key].flags = list(spec["flags"]) if isinstance(spec["flags"], list) else [spec["flags"]]
 
     def _create_table(self, spec: dict[str, Any]) -> None:
         if (spec["family"], spec["name"]) in self.tables:
@@ -165,6 +174,16 @@ class FakeNftKernel:
         rules = self._table(spec["family"], spec["table"]).rules[spec["chain"]]
         rules.insert(0, rules.pop())
 
+    def _replace_rule(self, spec: dict[str, Any]) -> None:
+        """`nft replace rule ... handle H`: the rule at that handle becomes `spec`, in its place."""
+        table = self._table(spec["family"], spec["table"])
+        self._chain(table, spec["chain"])
+        rules = table.rules[spec["chain"]]
+        index = next((i for i, rule in enumerate(rules) if rule["handle"] == spec["handle"]), None)
+        if index is None:
+            raise _Refused(f"{_ENOENT} (rule handle {spec['handle']})")
+        rules[index] = {**_strip(spec), "handle": spec["handle"]}
+
     def _delete_rule(self, spec: dict[str, Any]) -> None:
         table = self._table(spec["family"], spec["table"])
         self._chain(table, spec["chain"])
@@ -179,13 +198,15 @@ class FakeNftKernel:
         (kind, spec), = what.items()
         if kind == "tables":
             return [{"table": _table_json(table)} for table in self.tables.values()]
+        if kind == "flowtables":
+            return []
         if kind == "chains":
             return [{"chain": chain} for table in self.tables.values() for chain in table.chains.values()]
         if kind == "table":
             table = self._table(spec["family"], spec["name"])
             return [{"table": _table_json(table)}, *({"set": copy.deepcopy(s)} for s in table.sets.values()),
                     *({"chain": dict(c)} for c in table.chains.values()),
-                    *({"rule": copy.deepcopy(rule)} for rule in _all_rules(table))]
+                    *({"rule": _as_listed(rule)} for rule in _all_rules(table))]
         raise _Refused(f"listing {kind} is not supported by the fake kernel")
 
     def _metainfo(self) -> dict[str, Any]:
@@ -220,7 +241,22 @@ def _strip(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table_json(table: _Table) -> dict[str, Any]:
-    return {"family": table.family, "name": table.name, "handle": table.handle}
+    listed: dict[str, Any] = {"family": table.family, "name": table.name, "handle": table.handle}
+    if table.flags:
+        listed["flags"] = list(table.flags)
+    return listed
+
+
+def _as_listed(rule: dict[str, Any]) -> dict[str, Any]:
+    """A rule as nft 1.0 lists it: without a `meta l4proto P` that a following `P dport` match implies."""
+    listed = copy.deepcopy(rule)
+    expr = listed.get("expr", [])
+    protocols = {item["payload"].get("protocol") for item in _walk(expr) if isinstance(item.get("payload"), dict)}
+    listed["expr"] = [statement for index, statement in enumerate(expr)
+                      if not (index + 1 < len(expr) and "match" in statement
+                              and statement["match"].get("left") == {"meta": {"key": "l4proto"}}
+                              and statement["match"].get("right") in protocols)]
+    return listed
 
 
 def _all_rules(table: _Table) -> list[dict[str, Any]]:

@@ -22,6 +22,9 @@ class NftClient(Protocol):
     def generation(self) -> int | None:
         """The ruleset generation (bumped by every committed transaction); None if unknown."""
 
+    def table_flags(self, name: str) -> int | None:
+        """The flags of table inet `name` (1: dormant); None when there is no such table or no answer."""
+
 
 class Libnftables:
     """The real kernel, through libnftables."""
@@ -37,6 +40,9 @@ class Libnftables:
 
     def generation(self) -> int | None:
         return generation_id()
+
+    def table_flags(self, name: str) -> int | None:
+        return table_flags(name)
 
 
 def _context(dry_run: bool) -> Any:
@@ -84,7 +90,12 @@ def metainfo_version(output: str) -> str:
 _NETLINK_NETFILTER = 12
 _NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
 _NFT_MSG_NEWGEN = (10 << 8) | 15
+_NFT_MSG_NEWTABLE = (10 << 8) | 0
+_NFT_MSG_GETTABLE = (10 << 8) | 1
 _NFTA_GEN_ID = 1
+_NFTA_TABLE_NAME = 1
+_NFTA_TABLE_FLAGS = 2
+_NFPROTO_INET = 1
 _NLMSG_ERROR = 2
 
 
@@ -92,23 +103,38 @@ def generation_id() -> int | None:
     """The nftables ruleset generation of this network namespace: the kernel counts up on every committed
     transaction, whoever sends it, so an unchanged number means an unchanged ruleset. None when the
     kernel cannot be asked."""
+    return _ask(_NFT_MSG_GETGEN, _NFT_MSG_NEWGEN, 0, b"", _NFTA_GEN_ID)
+
+
+def table_flags(name: str) -> int | None:
+    """NFTA_TABLE_FLAGS of table inet `name`, asked without libnftables: nft before 1.1 cannot write a
+    table's flags in a JSON listing (garbage, a cut-off listing, or a crash of the process)."""
+    encoded = name.encode() + b"\0"
+    attribute = struct.pack("=HH", 4 + len(encoded), _NFTA_TABLE_NAME) + encoded
+    return _ask(_NFT_MSG_GETTABLE, _NFT_MSG_NEWTABLE, _NFPROTO_INET, attribute + b"\0" * (-len(attribute) % 4),
+                _NFTA_TABLE_FLAGS)
+
+
+def _ask(request: int, answer: int, family: int, attributes: bytes, wanted: int) -> int | None:
+    """One netlink request to nf_tables; the big-endian u32 attribute `wanted` of its answer, or None."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
             sock.settimeout(2.0)
-            # nlmsghdr (len, type, flags=NLM_F_REQUEST, seq, pid) + nfgenmsg (AF_UNSPEC, NFNETLINK_V0, res_id)
-            sock.send(struct.pack("=IHHII", 20, _NFT_MSG_GETGEN, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0))
+            # nlmsghdr (len, type, flags=NLM_F_REQUEST, seq, pid) + nfgenmsg (family, NFNETLINK_V0, res_id)
+            sock.send(struct.pack("=IHHII", 20 + len(attributes), request, 1, 1, 0)
+                      + struct.pack("=BBH", family, 0, 0) + attributes)
             reply = sock.recv(4096)
     except OSError:
         return None
     length, kind = struct.unpack_from("=IH", reply)
-    if kind != _NFT_MSG_NEWGEN:
+    if kind != answer:  # NLMSG_ERROR: no such table, no permission
         return None
     offset = 16 + 4  # after nlmsghdr and nfgenmsg
     while offset + 4 <= min(length, len(reply)):
         attr_length, attr_type = struct.unpack_from("=HH", reply, offset)
         if attr_length < 4:
             return None
-        if attr_type & 0x3FFF == _NFTA_GEN_ID and attr_length >= 8:
+        if attr_type & 0x3FFF == wanted and attr_length >= 8:
             return int(struct.unpack_from(">I", reply, offset + 4)[0])
         offset += (attr_length + 3) & ~3
     return None

@@ -12,15 +12,24 @@ from ...model import Family, Role
 from ...net import PROTOCOLS, parse_address, range_cidrs
 from ..base import Exposure, InstalledRule, InstalledState, PathFinding, Span
 from ..common import NFT_BAN_SETS, NFT_BANS_TABLE, NFT_CHAIN, NFT_PUBLISHED_SET, NFT_SET_PREFIX, NFT_TABLE
+from .canon import rule_body, set_spec
+from .text import as_list
 
 
 def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
-    """`objects`: {"chain": ...}/{"set": ...}/{"rule": ...} items, as rendered or as listed."""
+    """`objects`: {"table": ...}/{"chain": ...}/{"set": ...}/{"rule": ...} items, as rendered or as listed.
+    Rules and sets are compared in canon's normal form: everything that decides packets."""
     hooks: list[str] = []
     rules: list[InstalledRule] = []
     sets: list[tuple[str, tuple[str, ...]]] = []
+    specs: list[tuple[str, str]] = []
     for item in objects:
-        if "chain" in item:
+        if "table" in item:
+            flags = item["table"].get("flags")
+            if flags:  # we never set any: `dormant` switches the whole table off
+                named = sorted(flag if flag in TABLE_FLAGS else "?" for flag in as_list(flags))
+                hooks.append(f"table {item['table'].get('name')}: flags {','.join(named)}")
+        elif "chain" in item:
             chain = item["chain"]
             if "hook" in chain:
                 hooks.append(f"chain {chain['name']}: {chain.get('type')} hook {chain['hook']} "
@@ -37,12 +46,17 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
                 elements = sorted({text for elem in nft_set.get("elem", [])
                                    for text in element_texts(elem, loose_ipv6_prefixes, kind)})
             sets.append((nft_set["name"], tuple(elements)))
+            specs.append((nft_set["name"], set_spec(nft_set)))
         elif "rule" in item:
             rule = item["rule"]
             packets, octets = _counter(rule["expr"])
             description = f"{rule.get('comment', '?')} -> {_verdict(rule['expr'])}"
-            rules.append(InstalledRule(rule["chain"], description, packets, octets))
-    return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)))
+            rules.append(InstalledRule(rule["chain"], description, packets, octets, rule_body(rule["expr"])))
+    return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)), tuple(sorted(specs)))
+
+
+# nft before 1.1 writes a table's flags into JSON as garbage (or cuts the listing off there): "?".
+TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})
 
 
 def dynamic_set(name: str) -> bool:

@@ -50,11 +50,11 @@ def _object(kind: str, spec: dict[str, Any]) -> str:
         return (f"chain {where} {spec['name']} {{ type {spec['type']} hook {spec['hook']} priority "
                 f"{spec['prio']}; policy {spec.get('policy', 'accept')}; }}")
     if kind == "set":
-        parts = [f"type {' . '.join(_as_list(spec['type']))};"]
+        parts = [f"type {' . '.join(as_list(spec['type']))};"]
         if "size" in spec:
             parts.append(f"size {int(spec['size'])};")
         if spec.get("flags"):
-            parts.append(f"flags {', '.join(_as_list(spec['flags']))};")
+            parts.append(f"flags {', '.join(as_list(spec['flags']))};")
         if "timeout" in spec:
             parts.append(f"timeout {int(spec['timeout'])}s;")
         if spec.get("elem"):
@@ -62,14 +62,15 @@ def _object(kind: str, spec: dict[str, Any]) -> str:
             parts.append(f"elements = {{\n\t{elements}\n}};")
         return f"set {where} {spec['name']} {{ {' '.join(parts)} }}"
     if kind == "rule":
-        text = " ".join(_statement(statement) for statement in spec["expr"])
+        text = " ".join(statement_text(statement) for statement in spec["expr"])
         if "comment" in spec:
             text += f" comment {_quote(spec['comment'])}"
         return f"rule {where} {spec['chain']} {text}"
     raise _unsupported(kind, spec)
 
 
-def _statement(statement: dict[str, Any]) -> str:
+def statement_text(statement: dict[str, Any]) -> str:
+    """One rule statement in nft's syntax (read-back shows rules this way too: canon.py)."""
     (name, arg), = statement.items()
     if name == "match":
         left = arg["left"]
@@ -95,7 +96,7 @@ def _statement(statement: dict[str, Any]) -> str:
     if name == "ct count":
         return f"ct count {'over ' if arg.get('inv') else ''}{int(arg['val'])}"
     if name == "set" and arg.get("op") in ("add", "update"):  # a dynamic set: per-source state
-        statements = " ".join(_statement(item) for item in arg.get("stmt", []))
+        statements = " ".join(statement_text(item) for item in arg.get("stmt", []))
         return f"{arg['op']} {arg['set']} {{ {_expression(arg['elem'])} {statements} }}"
     if name == "log":
         text = "log"
@@ -152,7 +153,7 @@ def _quote(text: str) -> str:
     return f'"{text}"'
 
 
-def _as_list(value: Any) -> list[str]:
+def as_list(value: Any) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else [str(value)]
 
 
