@@ -21,8 +21,8 @@ _EXPORTS = {
     **{name: "errors" for name in (
         "ApplyError", "BackendUnavailable", "ConfirmError", "DemoError", "DetectionError", "DockerUnavailable",
         "DockerguardError", "LockTimeout", "LockoutError", "PendingConfirmationError", "PolicyError",
-        "RollbackError", "StateError", "TransactionError", "UsageError", "TopologyError", "CommandError",
-        "MigrationError")},
+        "RollbackError", "StateError", "SupersededError", "TransactionError", "UsageError", "TopologyError",
+        "CommandError", "MigrationError")},
 }
 __all__ = [
     "ApplyError",
@@ -48,6 +48,7 @@ __all__ = [
     "StateError",
     "Status",
     "Step",
+    "SupersededError",
     "TopologyError",
     "TransactionError",
     "UsageError",
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
         PolicyError,
         RollbackError,
         StateError,
+        SupersededError,
         TopologyError,
         TransactionError,
         UsageError,

@@ -1,7 +1,8 @@
 """The `dockerguard` command (typer). The only module that prints.
 
 Exit codes: 0 ok, 1 runtime/kernel error (and `diff --exit-code` with changes, `import` with warnings),
-2 bad input (policy, arguments, an unreadable `import` file), 3 drift (`status -c`).
+2 bad input (policy, arguments, an unreadable `import` file), 3 drift (`status -c`), 4 `apply --exit-code`
+changed the kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 DEFAULT_POLICY = "/etc/dockerguard/policy.toml"
+CHANGED_EXIT = 4  # `apply --exit-code`: the kernel was changed
 
 _GLOBAL_FLAGS = ("-v", "--verbose")
 
@@ -183,18 +185,30 @@ def _policy_warnings(policy: Any) -> None:
 
 
 def _docker_warnings(engine: Engine, policy: Any, applied: bool) -> None:
+    _warn(_docker_problems(engine, policy, applied))
+
+
+def _docker_problems(engine: Engine, policy: Any, applied: bool) -> list[str]:
     """Container entries compiled without Docker (it did not answer): what they will select, and when."""
     if engine.docker_problem is None:
-        return
+        return []
     selectors = [str(entry.containers) for entry in policy.allow if entry.containers is not None]
     selectors += [str(entry.containers) if entry.containers is not None else f"networks {', '.join(entry.networks)}"
                   for entry in policy.egress if entry.containers is not None or entry.networks]
     if applied:
-        _warn([f"Docker not reachable ({engine.docker_problem}): {'; '.join(selectors)}: select no containers "
-               "now (closed); `dockerguard watch` applies again when Docker answers"])
-    else:
-        _warn([f"{selector}: resolved from Docker when applied; Docker not reachable at {policy.docker_socket} "
-               "now" for selector in selectors])
+        return [f"Docker not reachable ({engine.docker_problem}): {'; '.join(selectors)}: select no containers "
+                "now (closed); `dockerguard watch` applies again when Docker answers"]
+    return [f"{selector}: resolved from Docker when applied; Docker not reachable at {policy.docker_socket} now"
+            for selector in selectors]
+
+
+def _apply_json(result: Any, warnings: Sequence[str]) -> dict[str, Any]:
+    """`apply --json`: keys stay; new ones may be added."""
+    pending = result.pending
+    return {"changed": result.changed, "digest": result.digest, "backend": result.backend,
+            "added": result.added, "removed": result.removed, "warnings": list(warnings),
+            "history_entry": result.history_entry, "repair": result.repair,
+            "pending": None if pending is None else {"token": pending.token, "deadline": pending.deadline}}
 
 
 def _clock(timestamp: float) -> str:
@@ -266,6 +280,11 @@ def apply(
         False, "--no-guard",
         help="No automatic confirmation window when [host] rules change: for boot units and scripts "
              "re-applying a known policy, where nobody could confirm."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the result as one JSON object (changed, digest, backend, added, removed, "
+                              "warnings, history_entry, repair, pending); warnings go into it, not to stderr."),
+    exit_code: bool = typer.Option(
+        False, "--exit-code", help=f"Exit {CHANGED_EXIT} when the kernel was changed (0: it already held the policy)."),
 ) -> None:
     """Install the policy in one atomic transaction (rolled back if verification fails).
 
@@ -274,16 +293,27 @@ def apply(
     config = str(_policy_path(positional, config))
     engine = _engine(backend, state_dir=state_dir)
     loaded: list[Policy] = []
+    warnings: list[str] = []
 
     def warn_first(policy: Policy) -> None:  # the full path: warnings before anything is applied
+        from .lint import policy_warnings
+
         loaded.append(policy)
-        _policy_warnings(policy)
+        warnings.extend(policy_warnings(policy))
+        if not as_json:
+            _warn(policy_warnings(policy))
 
     # Parses the file only when it is not the one installed (100,000 sources: most of a no-op's time).
     result = engine.apply_file(config, confirm=confirm, force=force, guard=not no_guard, on_load=warn_first)
-    _warn(result.warnings)  # the no-op path's: recorded at the verified apply
+    warnings += result.warnings  # the no-op path's: recorded at the verified apply
     if loaded:
-        _docker_warnings(engine, loaded[0], applied=True)
+        warnings += _docker_problems(engine, loaded[0], applied=True)
+    if as_json:
+        _print_json(_apply_json(result, warnings))
+        if exit_code and result.changed:
+            raise typer.Exit(CHANGED_EXIT)
+        return
+    _warn([*result.warnings, *(_docker_problems(engine, loaded[0], applied=True) if loaded else [])])
     _show_steps(result.steps)
     if not result.changed:
         _say(f"ruleset {result.digest} already installed with backend {result.backend}; nothing changed")
@@ -291,17 +321,23 @@ def apply(
     _say(f"applied ruleset {result.digest} with backend {result.backend}")
     pending = result.pending
     if pending is None:
+        if exit_code:
+            raise typer.Exit(CHANGED_EXIT)
         return
     if not sys.stdin.isatty():
         why = "" if confirm is not None else "the [host] rules changed (lock-out guard): "
         out.print(f"{why}run `dockerguard confirm` before {_clock(pending.deadline)} "
                   f"(in {pending.deadline - time.time():.0f} s), or the previous ruleset comes back automatically",
                   soft_wrap=True)
+        if exit_code:
+            raise typer.Exit(CHANGED_EXIT)
         return
     answer = _ask_keep(pending.deadline)
     if answer:
         engine.confirm()
         out.print(f"kept ruleset {pending.policy_digest}", soft_wrap=True)
+        if exit_code:
+            raise typer.Exit(CHANGED_EXIT)
         return
     undone = engine.expire_pending(pending.token, "declined" if answer is False else "deadline")
     if undone is not None:
@@ -366,10 +402,14 @@ def status(
     --json prints one object (keys stay; new ones may be added): backend, installed {backend, hooks,
     rules [{chain, description, packets, bytes}], sets}, in_sync (null without POLICY), detection, path
     [{level, message}], diff, pending, interrupted, history [{number, backend, timestamp, action,
-    policy_digest}], last_rollback, state_dir, state_error, policy_path, entries [{section (allow, deny,
-    host), number, entry, ports, proto, sources, limits, packets, bytes (null: not installed), shared,
-    published ["8080/tcp"]}], drops [{path (forward, docker-proxy, host), verdict, packets, bytes}],
-    unfinished (null, or the change killed half way: {action, backend, pid, started, entry, ...})."""
+    policy_digest, origin {command, uid, login_uid, reason}}], last_rollback, state_dir, state_error,
+    policy_path, entries [{section (allow, deny, host), number, entry, ports, proto, sources, limits,
+    packets, bytes (null: not installed), shared, published ["8080/tcp"]}], drops [{path (forward,
+    docker-proxy, host), verdict, packets, bytes}], unfinished (null, or the change killed half way:
+    {action, backend, pid, started, entry, ...}), current (the operator's policy in force: {policy {path,
+    digest, files, backend} or null after a remove, action, time, origin}), watch (null when no watch ran
+    here, else {running, stale, state, pid, started, interval, checks, repairs, failures, last_check,
+    last_success, last_repair, last_failure, policy, message})."""
     config = _policy_path(positional, config, default=None)
     policy = load_policy(config) if config else None
     result = _engine(backend, state_dir=state_dir).status(policy)
@@ -414,11 +454,31 @@ def _print_status(result: Status) -> None:
         outcome = "restored and verified" if last.get("ok") else f"FAILED: {last.get('error')}"
         grid.add_row("last rollback", _text(f"{_when(float(last.get('time', 0)))} ({last.get('reason')}): {outcome}",
                                            style="" if last.get("ok") else "red"))
+    current = result.current
+    if current is not None:
+        what = "no policy (dockerguard's rules removed)" if current.policy is None else (
+            f"{current.policy.path} ({current.policy.digest[:12]}, {current.policy.backend})")
+        grid.add_row("in force", f"{what}: {current.action} at {_when(current.time)}"
+                                 + (f" by {current.origin}" if current.origin is not None else ""))
     if result.history:
         newest = result.history[-1]
         count = f"{len(result.history)} change{'s' if len(result.history) != 1 else ''}"
+        by = f" by {newest.origin}" if newest.origin is not None else ""
         grid.add_row("history", f"{count} recorded in {result.state_dir} (last: "
-                                f"{newest.action} at {_when(newest.timestamp)}); `dockerguard rollback` undoes it")
+                                f"{newest.action} at {_when(newest.timestamp)}{by}); `dockerguard rollback` undoes it")
+    watch = result.watch
+    if watch is not None:
+        if not watch["running"]:
+            line, style = f"not running (last seen {_when(watch['last_check'] or watch['started'])})", "yellow"
+        elif watch["stale"]:
+            line, style = (f"STALE: pid {watch['pid']} has not checked since "
+                           f"{_when(watch['last_check'] or watch['started'])}", "red")
+        else:
+            line = (f"{watch['state']} (pid {watch['pid']}, last check {_when(watch['last_check'] or watch['started'])}"
+                    f"; {watch['repairs']} repairs, {watch['failures']} failures since {_when(watch['started'])})")
+            style = "green" if watch["state"] == "enforcing" else "yellow"
+        grid.add_row("watch", _text(line + (f": {watch['message']}" if watch["state"] != "enforcing"
+                                            and watch.get("message") else ""), style=style))
     if result.state_error is not None:
         grid.add_row("state", _text(result.state_error, style="red"))
     if result.diff is not None:
@@ -746,11 +806,16 @@ def watch(
         None, "--docker-socket", help="Docker API socket (default: the policy's docker_socket)."),
     state_dir: Optional[str] = StateDirOption,
 ) -> None:
-    """Keep the rules in place: re-apply on Docker events, dockerd restarts and drift (e.g. a flush).
+    """Keep the policy in place: repair it on Docker events, dockerd restarts and drift (e.g. a flush).
 
-    Runs until SIGTERM or Ctrl-C; logs what it did to stderr. Run by systemd (Type=notify): READY=1 once the
-    policy is in place, STATUS= when it changes, WATCHDOG=1 after every check; log lines carry journald's
-    priority prefixes (<3> error, <4> warning, <6> info) when stderr is the journal."""
+    It runs the policy it loaded at start: editing the file changes nothing until SIGHUP (`systemctl reload
+    dockerguard-watch`), which validates the file and applies it like `apply` does (lock-out guard and
+    confirmation window included), or logs one error and keeps the running policy. A rollback, apply or
+    remove by another dockerguard is followed, not fought. Repairs are logged (a foreign change as a warning
+    naming what differed), not recorded as changes. Runs until SIGTERM or Ctrl-C; logs to stderr. Run by
+    systemd (Type=notify): READY=1 once the policy is in place, STATUS= when it changes, WATCHDOG=1 after
+    every check; log lines carry journald's priority prefixes (<3> error, <4> warning, <6> info) when stderr
+    is the journal. Its health (last check, repairs, failures) is in `status --json` and `metrics`."""
     config = str(_policy_path(positional, config))
     gc.enable()  # main() turned it off for one-shot commands; this one runs for months
     import logging
@@ -767,18 +832,21 @@ def watch(
                          logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     notifier = Notifier()
-    policy = load_policy(config)  # refuse to start on a bad policy; later edits are re-read each check
+    policy = load_policy(config)  # refuse to start on a bad policy; edits are read again on SIGHUP only
     socket_path = docker_socket or policy.docker_socket
     docker = DockerClient(socket_path)
     engine = _engine(backend, docker=docker, state_dir=state_dir, notify=logging.getLogger("dockerguard").warning)
     stop = threading.Event()
+    watcher = Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy=policy,
+                      on_check=notifier.checked)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    logging.getLogger("dockerguard").info("watching %s (Docker API %s, drift check every %g s)%s", config,
-                                          socket_path, interval, "; systemd notified" if notifier.enabled else "")
+    signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())
+    logging.getLogger("dockerguard").info("watching %s (Docker API %s, drift check every %g s; SIGHUP reloads "
+                                          "the file)%s", config, socket_path, interval,
+                                          "; systemd notified" if notifier.enabled else "")
     try:
-        Watcher(engine, lambda: load_policy(config), docker, interval=interval, policy_path=config,
-                on_check=notifier.checked).run(stop)
+        watcher.run(stop)
     finally:
         notifier.stopping()
 

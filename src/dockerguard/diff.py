@@ -53,21 +53,42 @@ def _rules(state: InstalledState) -> list[tuple[str, str]]:
     return [(rule.chain, rule.text) for rule in state.rules]
 
 
-def change_count(backend: str, installed: InstalledState | None, expected: InstalledState | None) -> int:
-    """len(diff_states(...).changes), without making (and sorting) a Change per set element: apply
-    reports the count, and 100,000 Change objects cost more than the kernel transaction."""
+def change_counts(backend: str, installed: InstalledState | None, expected: InstalledState | None
+                  ) -> tuple[int, int]:
+    """How many of diff_states(...).changes add and remove, without making (and sorting) a Change per set
+    element: apply reports the counts, and 100,000 Change objects cost more than the kernel transaction."""
     old = installed or InstalledState(backend, (), ())
     new = expected or InstalledState(backend, (), ())
-    count = len(_ordered("hook", [("", hook) for hook in old.hooks], [("", hook) for hook in new.hooks]))
-    count += len(_ordered("rule", _rules(old), _rules(new)))
+    lines = [*_ordered("hook", [("", hook) for hook in old.hooks], [("", hook) for hook in new.hooks]),
+             *_ordered("rule", _rules(old), _rules(new))]
+    added = sum(1 for change in lines if change.op == "+")
+    removed = len(lines) - added
     old_sets, new_sets = dict(old.sets), dict(new.sets)
     old_specs, new_specs = dict(old.set_specs), dict(new.set_specs)
     for name in old_sets.keys() | new_sets.keys():
         before, after = old_sets.get(name), new_sets.get(name)
-        count += (before is None) + (after is None) + len(set(before or ()).symmetric_difference(after or ()))
-        if before is not None and after is not None and old_specs.get(name) != new_specs.get(name):
-            count += 2
-    return count
+        replaced = before is not None and after is not None and old_specs.get(name) != new_specs.get(name)
+        added += (before is None or replaced) + len(set(after or ()).difference(before or ()))
+        removed += (after is None or replaced) + len(set(before or ()).difference(after or ()))
+    return added, removed
+
+
+def summary(backend: str, installed: InstalledState | None, expected: InstalledState | None,
+            limit: int = 5, counts: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The first `limit` changes as `diff` shows them (hooks and rules first: they say most), and how many
+    more (`counts`: change_counts, when known already): for a log line. Set elements are only compared when
+    hooks and rules leave room."""
+    old = installed or InstalledState(backend, (), ())
+    new = expected or InstalledState(backend, (), ())
+    lines = [*_ordered("hook", [("", hook) for hook in old.hooks], [("", hook) for hook in new.hooks]),
+             *_ordered("rule", _rules(old), _rules(new))]
+    shown = [str(change) for change in lines[:limit]]
+    if len(shown) < limit:
+        shown += [str(change) for change in _set_changes(old, new)[:limit - len(shown)]]
+    added, removed = counts if counts is not None else change_counts(backend, installed, expected)
+    if added + removed > len(shown):
+        shown.append(f"... {added + removed - len(shown)} more")
+    return tuple(shown)
 
 
 def _ordered(kind: str, before: list[tuple[str, str]], after: list[tuple[str, str]]) -> list[Change]:

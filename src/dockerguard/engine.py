@@ -40,7 +40,7 @@ from .backends import (
 from .compiler import compile_policy
 from .containers import Resolution, resolve_containers, resolve_egress
 from .detect import Detection, detect
-from .diff import Diff, change_count, diff_states
+from .diff import Diff, change_counts, diff_states, summary
 from .docker import ContainerInfo, DockerClient, NetworkInfo
 from .errors import (
     ApplyError,
@@ -50,8 +50,10 @@ from .errors import (
     LockoutError,
     LockTimeout,
     PendingConfirmationError,
+    PolicyError,
     RollbackError,
     StateError,
+    SupersededError,
     TransactionError,
     UsageError,
 )
@@ -67,10 +69,22 @@ from .policy import (
     MAX_SOURCES_FILE,
     Policy,
     load_policy,
+    parse_policy,
     read_bounded,
     source_digest,
 )
-from .state import Intent, Pending, PendingRecord, StateDir, boot_id, spawn_rollback_timer
+from .state import (
+    Current,
+    HistoryEntry,
+    Intent,
+    Origin,
+    Pending,
+    PendingRecord,
+    PolicySource,
+    StateDir,
+    boot_id,
+    spawn_rollback_timer,
+)
 
 if TYPE_CHECKING:
     from .metrics import MetricsReport
@@ -116,14 +130,23 @@ class Step:
 
 @dataclass(frozen=True)
 class ApplyResult:
+    """What an apply did. `history_entry` is the entry `rollback` would undo: None when nothing changed, or
+    for a repair (the policy in force applied again after Docker or someone else changed the kernel: no
+    operator change, so no history entry). `added`/`removed` count the hooks, rules, sets and set elements
+    the kernel gained and lost; `changes` are the first few of them as `diff` shows them."""
+
     backend: str
     changed: bool
     digest: str
     steps: tuple[Step, ...] = ()
-    history_entry: int | None = None  # the entry `rollback` would undo
+    history_entry: int | None = None
     pending: Pending | None = None  # set by apply(confirm=...): roll back at pending.deadline unless confirmed
     # apply_file's no-op path, which parses nothing: the policy's warnings as recorded (lint), host part fresh
     warnings: tuple[str, ...] = ()
+    added: int = 0
+    removed: int = 0
+    repair: bool = False
+    changes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,7 @@ class HistorySummary:
     timestamp: float
     action: str
     policy_digest: str | None
+    origin: Origin | None = None  # what made it (None: recorded by an older dockerguard)
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,8 @@ class Status:
     entries: tuple[EntryRow, ...] = ()
     drops: tuple[PathDrops, ...] = ()
     unfinished: Intent | None = None  # a change killed half way: the next apply, rollback or remove repairs it
+    current: Current | None = None  # the operator's policy in force, and what put it there
+    watch: dict[str, Any] | None = None  # `watch`'s health (see `watch_health`), None when it never ran here
 
 
 class _Recorder:
@@ -206,6 +232,11 @@ class Engine:
         self._networks: list[NetworkInfo] = []  # and egress entries' networks
         # Why container entries were compiled without Docker (it did not answer): they select nothing.
         self.docker_problem: str | None = None
+
+    def with_backend(self, backend: str) -> Engine:
+        """The same engine (state directory, Docker, timer, notices) driving another backend."""
+        return Engine(backend, state_dir=self.state.path, timer_launcher=self._launch_timer, docker=self._docker,
+                      discover=self._discover, notify=self._notify)
 
     def compile(self, policy: Policy, *, without_docker: bool | None = None) -> Ruleset:
         """compile_policy, after looking up the host ports that container-selecting entries publish now
@@ -294,11 +325,15 @@ class Engine:
         return diff_states(plan.backend, plan.installed, plan.expected)
 
     def apply(self, policy: Policy, *, confirm: float | None = None, force: bool = False,
-              guard: bool = True) -> ApplyResult:
+              guard: bool = True, reason: str = "apply") -> ApplyResult:
         """Install `policy` atomically; on any failure put the previous ruleset back and raise.
 
         With `confirm` (seconds), a detached timer restores the previous ruleset at the deadline unless
         `confirm()` is called first; the result's `pending` tells the token and deadline.
+
+        An apply that changes the operator's policy in force is recorded in the history with what made it
+        (this command line, the uid, `reason`); applying the policy in force again is a repair (see
+        ApplyResult).
 
         The lock-out guard, when the [host] rules change: refuse (LockoutError) if they would cut a
         current SSH session unless `force`, and arm the confirmation timer (HOST_GUARD_SECONDS unless
@@ -309,13 +344,13 @@ class Engine:
             raise UsageError(f"--confirm needs a positive number of seconds, got {confirm:g}")
         record = _Recorder()
         try:
-            return self._apply(policy, confirm, record, force=force, guard=guard)
+            return self._apply(policy, confirm, record, force=force, guard=guard, reason=reason)
         except DockerguardError as exc:
             exc.steps = tuple(record.steps)
             raise
 
     def _apply(self, policy: Policy, confirm: float | None, record: _Recorder, *, force: bool,
-               guard: bool) -> ApplyResult:
+               guard: bool, reason: str) -> ApplyResult:
         backend, detection = self.backend(policy)
         record("backend", backend.name + (f" (auto: {detection.reason})" if detection else ""))
         with self._locked("apply"):
@@ -331,7 +366,8 @@ class Engine:
             self.state.forget_installed()
             if pending is not None:
                 raise PendingConfirmationError(_pending_message(pending.pending))
-            record("compare", f"{change_count(backend.name, plan.installed, plan.expected)} changes to make")
+            counts = change_counts(backend.name, plan.installed, plan.expected)
+            record("compare", f"{sum(counts)} changes to make")
             if guard and backend.host_part(plan.installed) != backend.host_part(plan.expected):
                 self._check_lockout(plan.ruleset, force, record)
                 if confirm is None:
@@ -339,12 +375,22 @@ class Engine:
                     record("guard", f"[host] rules change: rolled back in {confirm:g} s unless confirmed")
             snapshot = plan.snapshot or backend.snapshot()
             record("snapshot", f"{len(json.dumps(snapshot.data))} bytes of the current ruleset")
-            entry = self.state.push(backend=backend.name, action="apply", policy_digest=digest,
-                                    policy_path=policy.path, snapshot=snapshot, previous=plan.installed)
-            record("history", f"saved as entry {entry.number} in {self.state.history_dir}")
+            source = _source_of(policy, backend)
+            current = self.state.current()
+            # The policy in force, applied again (Docker or someone else changed the kernel): a repair, which
+            # `rollback` does not walk. Its entry only covers a crash half way, and goes when it is done.
+            repair = confirm is None and source is not None and current is not None and current.policy == source
+            if reason == "repair" and not repair:  # `keep`: never an operator change of its own
+                raise SupersededError("the policy in force changed meanwhile (another dockerguard): not applied")
+            origin = Origin.here(reason)
+            entry = self.state.push(backend=backend.name, action="repair" if repair else "apply", policy_digest=digest,
+                                    policy_path=source.path if source else policy.path, snapshot=snapshot,
+                                    previous=plan.installed, origin=origin, before=current)
+            record("history", f"saved as entry {entry.number} in {self.state.history_dir}"
+                              + (" while the repair runs" if repair else ""))
             armed = None
             if confirm is not None:
-                armed = self._arm_timer(backend, digest, confirm, entry.number, snapshot, plan.installed, record)
+                armed = self._arm_timer(backend, digest, confirm, entry, snapshot, plan.installed, record)
             self._begin("apply", backend, entry.number, armed.token if armed is not None else None)
             try:
                 backend.apply(plan.rendered)
@@ -366,10 +412,18 @@ class Engine:
                     raise
                 # Name the driver: its tools' messages do not always (python-iptables, nftables).
                 raise ApplyError(f"{backend.name}: {exc}; the previous ruleset was restored") from exc
+            if repair:
+                self.state.drop(entry.number)  # before the intent: a crash in between finds the change done
+            elif source is None:  # a policy of no file (the API's parse_policy): `watch` cannot take it up
+                self.state.forget_current()
+            else:
+                self._put_in_force(Current(source, "apply", time.time(), origin), source, record)
             self.state.clear_intent()
             if armed is None:  # a pending confirmation may still roll it back: nothing to remember yet
                 self._remember(backend, policy, plan.ruleset, verified, generation)
-            return ApplyResult(backend.name, True, digest, tuple(record.steps), entry.number, armed)
+            return ApplyResult(backend.name, True, digest, tuple(record.steps), None if repair else entry.number,
+                               armed, added=counts[0], removed=counts[1], repair=repair,
+                               changes=summary(backend.name, plan.installed, plan.expected, counts=counts))
 
     # -- the unchanged policy, cheaply ---------------------------------------------------------------
     def apply_file(self, path: str | os.PathLike[str], *, confirm: float | None = None, force: bool = False,
@@ -394,21 +448,42 @@ class Engine:
             on_load(policy)
         return self.apply(policy, confirm=confirm, force=force, guard=guard)
 
-    def _unchanged(self, path: Path, record: _Recorder) -> ApplyResult | None:
+    def keep(self, policy: Policy) -> ApplyResult:
+        """`watch`: keep `policy` (the one in force, loaded once) in the kernel. Its files are not read again:
+        an unchanged kernel over unchanged Docker inputs is told as cheaply as `apply_file` tells it; else the
+        policy is applied again without the confirmation guard (nobody is there to confirm a repair)."""
+        if policy.source_digest is not None:
+            record = _Recorder()
+            try:
+                result = self._unchanged(None, record, policy)
+            except LockTimeout:
+                raise
+            except (DockerguardError, OSError) as exc:
+                record("fast path", f"not taken: {exc}")
+                result = None
+            if result is not None:
+                return result
+        return self.apply(policy, guard=False, reason="repair")
+
+    def _unchanged(self, path: Path | None, record: _Recorder, policy: Policy | None = None) -> ApplyResult | None:
         """An ApplyResult (nothing changed) when all of these equal what the last verified apply recorded:
-        the policy file's bytes, the backend, the published ports and container ports Docker reports, and
-        the kernel: its nftables generation (no transaction since, by anyone), or else a read-back of our
-        objects. None otherwise."""
+        the policy file's bytes (`path`'s, or the digests of `policy` as loaded), the backend, the published
+        ports and container ports Docker reports, and the kernel: its nftables generation (no transaction
+        since, by anyone), or else a read-back of our objects. None otherwise."""
         with self._locked("apply"):
             known = self.state.installed_record()
             if known is None or known["warnings"] is None or self.state.pending() is not None \
                     or self.state.intent() is not None:
                 return None
+            if policy is not None:
+                files = sorted([os.path.abspath(listed), digest] for listed, digest in policy.source_files)
+                if policy.source_digest != known["policy"] or files != sorted(known.get("files", ())):
+                    return None
             # Bounded: the path may be a FIFO (a plain read would block) or /dev/zero (it would never end).
-            if source_digest(read_bounded(str(path), MAX_POLICY_FILE)) != known["policy"]:
+            elif source_digest(read_bounded(str(path), MAX_POLICY_FILE)) != known["policy"]:
                 return None
             # The same policy names the same list files (sources_file, ...): their bytes must be the same too.
-            for listed, digest in known.get("files", ()):
+            for listed, digest in () if policy is not None else known.get("files", ()):
                 if source_digest(read_bounded(listed, MAX_SOURCES_FILE)) != digest:
                     record("fast path", f"not taken: {listed} changed since the last apply")
                     return None
@@ -451,6 +526,12 @@ class Engine:
         ports = self._discover(client.containers).ports if facts["filter_proxy_path"] else None
         return _inputs_digest(containers, ports, networks)
 
+    def in_force(self, policy: Policy) -> bool:
+        """Is `policy` (these bytes, applied with this engine's backend) the operator's policy in force?"""
+        current = self.state.current()
+        return current is not None and current.policy is not None and \
+            current.policy == _source_of(policy, self.backend(policy)[0])
+
     def _remember(self, backend: Backend, policy: Policy, ruleset: Ruleset, verified: InstalledState | None,
                   generation: int | None) -> None:
         """After a verified apply (or a verified no-op): what `_unchanged` compares with next time.
@@ -483,17 +564,17 @@ class Engine:
         record("lock-out check", f"{len(sessions)} SSH sessions found, {len(cut)} cut"
                                  + (" (--force)" if cut else ""))
 
-    def _arm_timer(self, backend: Backend, digest: str, seconds: float, entry: int, snapshot: Snapshot,
+    def _arm_timer(self, backend: Backend, digest: str, seconds: float, entry: HistoryEntry, snapshot: Snapshot,
                    previous: InstalledState | None, record: _Recorder) -> Pending:
         # The timer starts BEFORE the transaction: a CLI killed right after sending it is still covered.
         now = time.time()
-        pending = Pending(secrets.token_hex(8), backend.name, now, now + seconds, entry, digest, boot_id())
-        self.state.create_pending(PendingRecord(pending, snapshot, previous))
+        pending = Pending(secrets.token_hex(8), backend.name, now, now + seconds, entry.number, digest, boot_id())
+        self.state.create_pending(PendingRecord(pending, snapshot, previous, entry.before, entry.before_known))
         try:
             pid = self._launch_timer(self.state.path, pending.token)
         except BaseException:
             self.state.unlink_pending(pending.token)
-            self.state.drop(entry)
+            self.state.drop(entry.number)
             raise
         record("timer", f"rollback timer (pid {pid}) armed: restores this snapshot in {seconds:g} s "
                         "unless confirmed")
@@ -576,10 +657,9 @@ class Engine:
                     if claimed is not None:
                         record("claim", f"took over pending confirmation {found.pending.token}")
                         return self._undo_claimed(claimed, "rollback", record)
-                numbers = self.state.history_numbers()
-                if not numbers:
+                entry = self._last_change()
+                if entry is None:
                     raise StateError(f"nothing to roll back: no change recorded in {self.state.history_dir}")
-                entry = self.state.entry(numbers[-1])
                 backend = self._backend_named(entry.backend)
                 self._begin("rollback", backend, entry.number)
                 try:
@@ -588,6 +668,7 @@ class Engine:
                     self.state.clear_intent()
                     raise StateError(f"{self.state.history_dir / f'{entry.number:04d}.json'}: {exc}; move it "
                                      "away to roll back past it") from exc
+                self._put_back(entry.before if entry.before_known else _UNKNOWN, "rollback", record)
                 self.state.drop(entry.number)
                 self.state.clear_intent()
                 record("history", f"dropped entry {entry.number}")
@@ -596,6 +677,61 @@ class Engine:
         except DockerguardError as exc:
             exc.steps = tuple(record.steps)
             raise
+
+    # -- the operator's policy in force ------------------------------------------------------------
+    def _put_in_force(self, current: Current, source: PolicySource | None, record: _Recorder) -> None:
+        """Record what is in force now (current.json), with the bytes of its policy files: `watch` takes it up
+        from there after a `rollback` has put it back, when the file on disk says something else by then."""
+        files: dict[str, bytes] = {}
+        if source is not None:
+            for path, digest in ((source.path, source.digest), *source.files):
+                try:
+                    data = read_bounded(path, max(MAX_POLICY_FILE, MAX_SOURCES_FILE))
+                except DockerguardError:
+                    data = b""
+                if hashlib.sha256(data).hexdigest() != digest:  # changed since it was read: keep what is known
+                    self._notify(f"warning: {path} changed while it was applied: its bytes as applied are not kept")
+                    self.state.forget_current()
+                    return
+                files[digest] = data
+        self.state.write_current(current, files)
+        record("in force", "no policy (removed)" if source is None else f"{source.path} ({source.digest[:12]})")
+
+    def _put_back(self, before: object, reason: str, record: _Recorder) -> None:
+        """After a rollback: the operator's policy from before the change undone is in force again."""
+        if before is _UNKNOWN:  # an entry of an older dockerguard: it did not say
+            self.state.forget_current()
+            return
+        assert before is None or isinstance(before, PolicySource)
+        self.state.write_current(Current(before, "rollback", time.time(), Origin.here(reason)))
+        record("in force", "no policy" if before is None else f"{before.path} ({before.digest[:12]}) again")
+
+    def current_policy(self) -> tuple[Current | None, Policy | None]:
+        """The operator's policy in force (current.json) and that policy, parsed from the bytes kept of it
+        (None when none is in force: removed, or not known). StateError when its files are missing."""
+        current = self.state.current()
+        if current is None or current.policy is None:
+            return current, None
+        source = current.policy
+        digests = dict(source.files)
+
+        def stored(path: str, limit: int) -> bytes:
+            if os.path.abspath(path) not in digests:
+                raise PolicyError("not among the list files kept with the policy in force", file=path)
+            return self.state.policy_file(digests[os.path.abspath(path)])
+
+        text = self.state.policy_file(source.digest).decode("utf-8")
+        policy = replace(parse_policy(text, source.path, stored), source_digest=source.digest)
+        return current, policy
+
+    def _last_change(self) -> HistoryEntry | None:
+        """The newest history entry `rollback` undoes; a repair's entry left by a crash is no change: dropped."""
+        for number in reversed(self.state.history_numbers()):
+            entry = self.state.entry(number)
+            if entry.action != "repair":
+                return entry
+            self.state.drop(number)
+        return None
 
     # -- changes killed half way -------------------------------------------------------------------
     def _begin(self, action: str, backend: Backend, entry: int, token: str | None = None) -> None:
@@ -626,6 +762,8 @@ class Engine:
                    else self._resolved[0] if self._resolved is not None and self._resolved[0].name == entry.backend
                    else get_backend(entry.backend))
         self._restore_verified(backend, entry.snapshot, entry.previous, record)
+        if entry.before_known:
+            self._put_back(entry.before, "interrupted", record)
         self.state.drop(entry.number)
         if intent.token is not None:
             self.state.unlink_pending(intent.token)  # its timer stands down: nothing left to undo
@@ -652,6 +790,7 @@ class Engine:
         except DockerguardError as exc:
             self.state.write_last_rollback({**outcome, "time": time.time(), "ok": False, "error": str(exc)})
             raise
+        self._put_back(claimed.before if claimed.before_known else _UNKNOWN, reason, record)
         self.state.drop(pending.entry)
         self.state.release_claim(pending.token)
         self.state.write_last_rollback({**outcome, "time": time.time(), "ok": True})
@@ -734,8 +873,9 @@ class Engine:
             state.update(
                 pending=None if found is None else found.pending,
                 interrupted=tuple(claimed.pending for claimed in self.state.claimed()),
-                history=tuple(HistorySummary(e.number, e.backend, e.timestamp, e.action, e.policy_digest)
-                              for e in self.state.history()),
+                history=tuple(HistorySummary(e.number, e.backend, e.timestamp, e.action, e.policy_digest, e.origin)
+                              for e in self.state.history() if e.action != "repair"),
+                current=self.state.current(), watch=watch_health(self.state.watch_health()),
                 last_rollback=self.state.last_rollback(),
                 unfinished=_dead(self.state.intent()))
         except StateError as exc:
@@ -793,8 +933,15 @@ class Engine:
             last_apply = max(applies) if applies else None
         except StateError as exc:
             notes.append(f"history: {exc}")
+        watch = pending_deadline = None
+        try:
+            watch = watch_health(self.state.watch_health())
+            pending = self.state.pending()
+            pending_deadline = None if pending is None else pending.pending.deadline
+        except StateError as exc:
+            notes.append(f"state: {exc}")
         return MetricsReport(backend.name, backend.counters(ruleset, installed), installed is not None, ruleset,
-                             published_ports, drift, last_apply, banned, tuple(notes))
+                             published_ports, drift, last_apply, banned, tuple(notes), watch, pending_deadline)
 
     def trace(self, policy: Policy, connection: Connection) -> Decision:
         """Which rule of `policy` (compiled) decides a new `connection`; notes whether the installed rules
@@ -875,8 +1022,10 @@ class Engine:
                 recorded = None
                 if problem is None:
                     try:
+                        current = self.state.current()
                         recorded = self.state.push(backend=backend.name, action="remove", policy_digest=None,
-                                                   policy_path=None, snapshot=snapshot, previous=installed)
+                                                   policy_path=None, snapshot=snapshot, previous=installed,
+                                                   origin=Origin.here("remove"), before=current)
                         self.state.forget_installed()
                         self._begin("remove", backend, recorded.number)
                     except StateError as exc:
@@ -886,6 +1035,7 @@ class Engine:
                                  f"{problem}")
                 backend.remove()
                 if recorded is not None:
+                    self._put_in_force(Current(None, "remove", time.time(), recorded.origin), None, record)
                     self.state.clear_intent()
                 removed.append(backend.name)
             left = [backend.name for backend in backends if backend.installed() is not None]
@@ -923,6 +1073,40 @@ class Engine:
         with ruleset_lock(f"dockerguard {command}", state_module.LOCK_TIMEOUT, self._notify), \
                 self.state.locked(f"dockerguard {command}", timeout=remaining(deadline), on_wait=self._notify):
             yield
+
+
+_UNKNOWN = object()  # the policy in force before a change recorded by an older dockerguard
+
+
+def _source_of(policy: Policy, backend: Backend) -> PolicySource | None:
+    """The policy as applied (its file and list files by digest, the backend); None for a policy that was
+    not read from a file (the API's parse_policy)."""
+    if policy.path is None or policy.source_digest is None:
+        return None
+    return PolicySource(os.path.abspath(policy.path), policy.source_digest,
+                        tuple(sorted((os.path.abspath(path), digest) for path, digest in policy.source_files)),
+                        backend.name)
+
+
+def watch_health(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """watch.json with `running` (its process is alive) and `stale` (alive, but no check for three intervals
+    and 30 s: hung) added; None when no watch ever ran with this state directory."""
+    if recorded is None:
+        return None
+    running = _alive(int(recorded["pid"])) and recorded["state"] != "stopped"
+    last = recorded.get("last_check") or recorded["started"]
+    stale = running and time.time() - last > max(3 * float(recorded["interval"]), 30.0)
+    return {**recorded, "running": running, "stale": stale}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
 
 
 def _dead(intent: Intent | None) -> Intent | None:

@@ -104,6 +104,11 @@ class PendingConfirmationError(DockerguardError):
     """An `apply --confirm` still awaits `dockerguard confirm`; nothing else may change the ruleset first."""
 
 
+class SupersededError(DockerguardError):
+    """A repair (`Engine.keep`) found another policy in force: another dockerguard changed it meanwhile, and
+    nothing was applied."""
+
+
 class ConfirmError(DockerguardError):
     """`confirm` found nothing to confirm, or came too late: the previous ruleset was already restored."""
 

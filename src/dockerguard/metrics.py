@@ -36,6 +36,8 @@ class MetricsReport:
     last_apply: float | None = None  # time of the newest recorded apply
     banned: int | None = None  # None: this backend or ruleset has no ban sets
     notes: tuple[str, ...] = field(default=())  # what could not be measured, and why
+    watch: dict[str, Any] | None = None  # engine.watch_health(): None when no watch ever ran here
+    pending_deadline: float | None = None  # an `apply --confirm` awaits confirmation until then
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,39 @@ def families(report: MetricsReport) -> list[MetricFamily]:
     if report.banned is not None:
         found.append(MetricFamily(f"{PREFIX}_banned_sources", "gauge", "Sources in the ban sets",
                              (Sample({}, float(report.banned)),)))
+    found += _watch_families(report.watch)
+    found.append(MetricFamily(f"{PREFIX}_confirmation_pending", "gauge", "1 while an apply --confirm (or the "
+                              "lock-out guard) awaits `dockerguard confirm`", (Sample({}, float(
+                                  report.pending_deadline is not None)),)))
+    if report.pending_deadline is not None:
+        found.append(MetricFamily(f"{PREFIX}_confirmation_deadline_timestamp_seconds", "gauge",
+                                  "When the pending apply is rolled back unless confirmed (Unix time)",
+                                  (Sample({}, report.pending_deadline),)))
+    return found
+
+
+def _watch_families(health: dict[str, Any] | None) -> list[MetricFamily]:
+    """`watch`'s health, from its watch.json: up, stale, when it last checked (and succeeded), how often it
+    repaired or failed since it started."""
+    up = health is not None and bool(health["running"]) and not health["stale"]
+    found = [MetricFamily(f"{PREFIX}_watch_up", "gauge", "1 while `dockerguard watch` runs (its process is alive "
+                          "and checking)", (Sample({}, float(up)),))]
+    if health is None:
+        return found
+    running = bool(health["running"])
+    found.append(MetricFamily(f"{PREFIX}_watch_enforcing", "gauge", "1 while watch keeps a policy in place (0: "
+                              "idle after a remove, waiting for a confirmation, failing)",
+                              (Sample({"state": str(health["state"])}, float(running and health["state"] ==
+                                                                             "enforcing")),)))
+    for key, what in (("last_check", "checked the kernel"), ("last_success", "found the policy in place"),
+                      ("last_repair", "repaired the kernel")):
+        if health.get(key) is not None:
+            found.append(MetricFamily(f"{PREFIX}_watch_{key}_timestamp_seconds", "gauge",
+                                      f"When watch last {what} (Unix time)", (Sample({}, float(health[key])),)))
+    for key, what in (("repairs", "repaired the kernel (Docker's changes and drift)"),
+                      ("failures", "could not check or apply")):
+        found.append(MetricFamily(f"{PREFIX}_watch_{key}", "counter", f"How often watch {what} since it started",
+                                  (Sample({}, float(health[key])),)))
     return found
 
 

@@ -218,8 +218,9 @@ def source_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse_policy(text: str, filename: str = "<policy>") -> Policy:
-    """Validate policy TOML given as text (the file name is used in error messages only)."""
+def parse_policy(text: str, filename: str = "<policy>", read: Callable[[str, int], bytes] | None = None) -> Policy:
+    """Validate policy TOML given as text (the file name is used in error messages and to find list files
+    relative to it). `read(path, limit)` reads a list file (sources_file): from disk by default."""
     # A key is on one line: only a line with that many dots can hold one (the regex costs 4x this test).
     long_line = any(line.count(".") >= _MAX_KEY_PARTS for line in text.split("\n"))
     deep = _DEEP_KEY.search(text) if long_line else None
@@ -237,7 +238,7 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
         raise PolicyError("invalid TOML: arrays or tables nested too deeply", file=filename) from None
     except ValueError as exc:  # an integer of more than 4300 digits (int()'s limit), ...
         raise PolicyError(f"invalid TOML: {exc}", file=filename) from None
-    validator = _Validator(text, filename)
+    validator = _Validator(text, filename, read or read_bounded)
     policy = validator.policy(raw)
     if validator.errors:
         raise PolicyError.of(validator.errors)
@@ -286,9 +287,10 @@ class _Validator:
     DENY_KEYS = ("sources", "sources_file", "ports", "proto", "action", "comment")
     HOST_KEYS = ("allow", "icmp_echo", "default")
 
-    def __init__(self, text: str, filename: str) -> None:
+    def __init__(self, text: str, filename: str, read: Callable[[str, int], bytes]) -> None:
         self.lines = text.splitlines()
         self.filename = filename
+        self.read = read
         self.files: dict[str, str] = {}  # sources files read: path -> sha256 of their bytes
         self.errors: list[PolicyError] = []
 
@@ -480,7 +482,7 @@ class _Validator:
         base = Path(self.filename).parent if not self.filename.startswith("<") else Path.cwd()
         path = str(base / value)
         try:
-            data = read_bounded(path, MAX_SOURCES_FILE)
+            data = self.read(path, MAX_SOURCES_FILE)
         except PolicyError as exc:
             raise self.fail(key, f"{path}: {exc.message}") from None
         try:

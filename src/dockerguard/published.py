@@ -45,6 +45,7 @@ class Discovery:
     ports: frozenset[Port] = frozenset()
     evidence: tuple[tuple[str, str], ...] = ()
     bindings: tuple[tuple[Port, tuple[str, ...]], ...] = ()
+    owners: tuple[tuple[Port, tuple[str, ...]], ...] = ()  # the containers publishing each port (API only)
 
     @property
     def by_protocol(self) -> dict[str, tuple[int, ...]]:
@@ -64,9 +65,10 @@ class _Collector:
     def failed(self, source: str, why: str) -> None:
         self.evidence.append((source, f"unreadable ({why})"))
 
-    def result(self, bindings: dict[Port, set[str]]) -> Discovery:
+    def result(self, bindings: dict[Port, set[str]], owners: dict[Port, set[str]]) -> Discovery:
         return Discovery(frozenset(self.ports), tuple(self.evidence),
-                         tuple(sorted((port, tuple(sorted(ips))) for port, ips in bindings.items())))
+                         tuple(sorted((port, tuple(sorted(ips))) for port, ips in bindings.items())),
+                         tuple(sorted((port, tuple(sorted(names))) for port, names in owners.items())))
 
 
 # -- pure parsers ---------------------------------------------------------------------------------------
@@ -144,6 +146,7 @@ def discover(containers: Callable[[], list[ContainerInfo]] | None, *, proc: Path
     """Every source's published ports (see the module docstring). `containers` asks the Docker API."""
     found = _Collector()
     bindings: dict[Port, set[str]] = {}
+    owners: dict[Port, set[str]] = {}
     if containers is not None:
         try:
             listed = containers()
@@ -154,6 +157,7 @@ def discover(containers: Callable[[], list[ContainerInfo]] | None, *, proc: Path
             for container in listed:
                 for port in container.ports:
                     bindings.setdefault((port.proto, port.host_port), set()).add(port.host_ip)
+                    owners.setdefault((port.proto, port.host_port), set()).add(container.name)
     for flavour in ("legacy", "nft"):
         for family in Family:
             binary = iptables_binary(flavour, family, "-save")
@@ -169,7 +173,7 @@ def discover(containers: Callable[[], list[ContainerInfo]] | None, *, proc: Path
         found.add("docker-proxy processes", _proxy_ports(proc))
     except OSError as exc:
         found.failed("docker-proxy processes", str(exc))
-    return found.result(bindings)
+    return found.result(bindings, owners)
 
 
 def _nft_dnat(found: _Collector) -> set[Port]:

@@ -133,8 +133,10 @@ def open_subdir(parent: int, name: str, where: str, *, create: bool = False) -> 
     return fd
 
 
-def read_file(directory: int, name: str, where: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The content of regular file `name` (ours, one link, not a symlink); FileNotFoundError when missing."""
+def read_file(directory: int, name: str, where: str, limit: int = MAX_FILE_BYTES, *, prefix: int | None = None
+              ) -> bytes:
+    """The content of regular file `name` (ours, one link, not a symlink); FileNotFoundError when missing.
+    With `prefix`: its first `prefix` bytes only, however large it is."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=directory)
     except FileNotFoundError:
@@ -144,6 +146,8 @@ def read_file(directory: int, name: str, where: str, limit: int = MAX_FILE_BYTES
     try:
         info = os.fstat(fd)
         _check_own_file(info, where)
+        if prefix is not None:
+            return os.read(fd, prefix)
         if info.st_size > limit:
             raise StateError(f"{where} is {info.st_size} bytes, more than dockerguard ever writes: not reading it")
         chunks = []
@@ -162,9 +166,10 @@ def read_file(directory: int, name: str, where: str, limit: int = MAX_FILE_BYTES
         os.close(fd)
 
 
-def write_file(directory: int, name: str, data: bytes, where: str) -> None:
+def write_file(directory: int, name: str, data: bytes, where: str, *, durable: bool = True) -> None:
     """Replace `name` atomically: an O_EXCL temporary of unpredictable name (0600), fsync, rename over
-    `name` (which replaces a symlink there instead of following it), fsync the directory."""
+    `name` (which replaces a symlink there instead of following it), fsync the directory. Not `durable`:
+    no fsync (a heartbeat, rewritten every few seconds, need not survive a crash of the machine)."""
     temporary = f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
@@ -177,7 +182,8 @@ def write_file(directory: int, name: str, data: bytes, where: str) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
@@ -185,7 +191,8 @@ def write_file(directory: int, name: str, data: bytes, where: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=directory)
         raise StateError(f"cannot write {where}: {_reason(exc)}") from None
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def open_lock_file(directory: int, name: str, where: str) -> int:

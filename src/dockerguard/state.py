@@ -8,6 +8,9 @@ Layout (default /var/lib/dockerguard, or $DOCKERGUARD_STATE_DIR, or --state-dir)
     pending/<token>.claimed   the same file after the rollback timer (or `rollback`) took it over
     timer-<token>.pid         written by the detached rollback timer while it runs
     installed.json            what the last verified apply installed (the cheap no-op compares with it)
+    current.json              the operator's policy in force: what `watch` keeps, what `rollback` undid
+    policies/<sha256>         the policy files (and list files) in force or recorded in the history
+    watch.json                `watch`'s health: its last check, repairs, failures (status, metrics)
     last-rollback.json        outcome of the last automatic rollback (the timer has no terminal)
 
 Root installs what these files say, so the directory is trusted only as far as `safefs` checks it (ours,
@@ -21,10 +24,12 @@ driver that restores them, against its own object names.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -50,7 +55,11 @@ _T = TypeVar("_T")
 _DIGEST = re.compile(r"[0-9a-f]{1,64}")  # ruleset digests (12), sha256 digests (64)
 _BOOT_ID = re.compile(r"[0-9a-f-]{0,64}")
 _HISTORY_NAME = re.compile(r"([0-9]{1,9})\.json")
-_ACTIONS = ("apply", "remove")
+_ACTIONS = ("apply", "remove", "repair")
+_CURRENT_ACTIONS = ("apply", "rollback", "remove")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_POLICY_STORE = "policies"
+_ENTRY_HEAD = 64 << 10  # a history entry's fields before its snapshot fit in this
 _REASONS = ("rollback", "deadline", "declined", "overdue")
 _INTENTS = ("apply", "rollback", "remove")
 _MAX_TEXT = 4096
@@ -84,8 +93,58 @@ def check_token(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """What made a change: the command line, who ran it (`uid`; `login_uid`: the person a `sudo` or `su`
+    started from, as the kernel's audit records it; None when unset) and why (`reason`: "apply", "reload",
+    "rollback", "deadline", "remove", ...)."""
+
+    command: str
+    uid: int
+    login_uid: int | None
+    reason: str
+
+    @classmethod
+    def here(cls, reason: str, command: str | None = None) -> Origin:
+        """This process: its command line (the program's name, not its path), its uids."""
+        if command is None:
+            argv = [os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "dockerguard", *sys.argv[1:]]
+            command = " ".join(shlex.quote(arg) for arg in argv)
+        return cls(_shown(command), os.getuid(), _login_uid(), reason)
+
+    def __str__(self) -> str:
+        who = f"uid {self.uid}" + (f" (login uid {self.login_uid})" if self.login_uid not in (None, self.uid)
+                                   else "")
+        return f"`{self.command}` by {who} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """A policy as applied: its file (absolute path, sha256 of its bytes), the list files it read (path,
+    sha256) and the backend it was applied with. Its bytes are kept in policies/ while it is in force or
+    recorded in the history, so `watch` can take it up again after a `rollback`."""
+
+    path: str
+    digest: str
+    files: tuple[tuple[str, str], ...]
+    backend: str
+
+
+@dataclass(frozen=True)
+class Current:
+    """The operator's policy in force (current.json): `policy` None when dockerguard's rules were removed.
+    `action` is what put it there ("apply", "reload", "rollback", "remove", ...), `origin` who and why."""
+
+    policy: PolicySource | None
+    action: str
+    time: float
+    origin: Origin | None
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
-    """One recorded change: `snapshot` (and `previous`, what was installed) from right before it."""
+    """One recorded change: `snapshot` (and `previous`, what was installed) from right before it. `origin`
+    says what made it; `before` is the operator's policy that was in force before it (what `rollback` puts
+    back in force), `before_known` False for entries of an older dockerguard that did not record it."""
 
     number: int
     backend: str
@@ -95,6 +154,9 @@ class HistoryEntry:
     policy_path: str | None
     snapshot: Snapshot
     previous: InstalledState | None
+    origin: Origin | None = None
+    before: PolicySource | None = None
+    before_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,11 +188,14 @@ class Intent:
 
 @dataclass(frozen=True)
 class PendingRecord:
-    """A pending file's whole content: what the rollback timer restores without any other input."""
+    """A pending file's whole content: what the rollback timer restores without any other input, and the
+    operator's policy it puts back in force (`before`; `before_known` False in an older file)."""
 
     pending: Pending
     snapshot: Snapshot
     previous: InstalledState | None
+    before: PolicySource | None = None
+    before_known: bool = False
 
 
 class StateDir:
@@ -251,18 +316,27 @@ class StateDir:
         return entry
 
     def push(self, *, backend: str, action: str, policy_digest: str | None, policy_path: str | None,
-             snapshot: Snapshot, previous: InstalledState | None) -> HistoryEntry:
-        """Record a snapshot before a change; keeps the newest HISTORY_LIMIT entries."""
+             snapshot: Snapshot, previous: InstalledState | None, origin: Origin | None = None,
+             before: Current | None = None) -> HistoryEntry:
+        """Record a snapshot before a change; keeps the newest HISTORY_LIMIT entries. A "repair" (the policy in
+        force, applied again: Docker or drift changed the kernel) is recorded only while it runs, for crash
+        recovery: it trims nothing, and the engine drops it once done (`rollback` never walks one)."""
         numbers = self.history_numbers()
+        known = before is not None  # `before`: the current.json of the moment (None: not known)
         entry = HistoryEntry((numbers[-1] + 1) if numbers else 1, backend, time.time(), action,
-                             policy_digest, policy_path, snapshot, previous)
+                             policy_digest, policy_path, snapshot, previous, origin,
+                             before.policy if before is not None else None, known)
         with self._sub("history", create=True) as fd:
+            # "before" ahead of the snapshot: `_referenced_policies` reads it from the head of the file.
             _write_json(fd, self._entry_path(entry.number), {
                 "format": _FORMAT, "number": entry.number, "backend": backend, "timestamp": entry.timestamp,
                 "action": action, "policy_digest": policy_digest, "policy_path": policy_path,
+                "origin": None if origin is None else asdict(origin),
+                **({"before": _source_json(entry.before)} if known else {}),
                 "snapshot": snapshot_to_json(snapshot), "previous": state_to_json(previous)})
-            for old in [*numbers, entry.number][:-HISTORY_LIMIT]:
-                safefs.unlink(fd, self._entry_path(old).name)
+            if action != "repair":
+                for old in [*numbers, entry.number][:-HISTORY_LIMIT]:
+                    safefs.unlink(fd, self._entry_path(old).name)
         return entry
 
     def drop(self, number: int) -> None:
@@ -314,7 +388,8 @@ class StateDir:
                 "format": _FORMAT, "token": pending.token, "backend": pending.backend,
                 "created": pending.created, "deadline": pending.deadline, "entry": pending.entry,
                 "policy_digest": pending.policy_digest, "boot_id": pending.boot_id,
-                "snapshot": snapshot_to_json(record.snapshot), "previous": state_to_json(record.previous)})
+                "snapshot": snapshot_to_json(record.snapshot), "previous": state_to_json(record.previous),
+                **({"before": _source_json(record.before)} if record.before_known else {})})
 
     # The decision point between `confirm` and the rollback timer: whichever of the unlink (confirm) and
     # the rename (rollback) of pending/<token>.json succeeds first wins, the other gets ENOENT. Both are
@@ -395,6 +470,94 @@ class StateDir:
         """Before anything changes the ruleset: the next apply takes the full path."""
         with contextlib.suppress(FileNotFoundError), self._root() as fd:
             safefs.unlink(fd, "installed.json")
+
+    # -- the operator's policy in force, and the policy files it and the history need ----------------
+    def current(self) -> Current | None:
+        """current.json; None when missing (nothing recorded yet) or damaged (reported)."""
+        return self._read_checked("current.json", self._current_from_json)
+
+    def write_current(self, current: Current, files: dict[str, bytes] | None = None) -> None:
+        """Put `current` in force: `files` (sha256 -> bytes) are its policy's files, stored first; then the
+        policy files nothing refers to any more (not current, no history entry, no pending file) go."""
+        if files:
+            with self._sub(_POLICY_STORE, create=True) as fd:
+                have = set(os.listdir(fd))
+                for digest, data in files.items():
+                    if digest not in have and _SHA256.fullmatch(digest):
+                        safefs.write_file(fd, digest, data, str(self.path / _POLICY_STORE / digest))
+        with self._root(create=True) as fd:
+            _write_json(fd, self.path / "current.json", {
+                "format": _FORMAT, "policy": _source_json(current.policy), "action": current.action,
+                "time": current.time, "origin": None if current.origin is None else asdict(current.origin)})
+        self._forget_unused_policies(current)
+
+    def forget_current(self) -> None:
+        """The operator's policy in force is not known (a rollback to an entry of an older dockerguard)."""
+        with contextlib.suppress(FileNotFoundError), self._root() as fd:
+            safefs.unlink(fd, "current.json")
+
+    def policy_file(self, digest: str) -> bytes:
+        """A stored policy (or list) file's bytes, checked against its digest; StateError when missing or damaged."""
+        if not _SHA256.fullmatch(digest):
+            raise StateError(f"{digest!r:.80} is not a policy file's digest")
+        where = self.path / _POLICY_STORE / digest
+        try:
+            with self._sub(_POLICY_STORE) as fd:
+                data = safefs.read_file(fd, digest, str(where))
+        except FileNotFoundError:
+            raise StateError(f"{where} is missing: the policy it keeps cannot be read") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StateError(f"{where} is damaged (its content does not match its name)")
+        return data
+
+    def _forget_unused_policies(self, current: Current) -> None:
+        """Delete the stored policy files neither `current` nor a history entry refers to (a pending file's
+        policy is its history entry's). Nothing goes when an entry does not say (written by an older
+        dockerguard, or damaged)."""
+        try:
+            with self._sub(_POLICY_STORE) as fd:
+                stored = [name for name in os.listdir(fd) if _SHA256.fullmatch(name)]
+        except FileNotFoundError:
+            return
+        befores = self._referenced_policies()
+        if befores is None:
+            return
+        used = {digest for source in (current.policy, *befores) if source is not None
+                for digest in (source.digest, *(digest for _, digest in source.files))}
+        with self._sub(_POLICY_STORE) as fd:
+            for name in stored:
+                if name not in used:
+                    safefs.unlink(fd, name)
+
+    def _referenced_policies(self) -> list[PolicySource | None] | None:
+        """Each history entry's `before`, read from the head of its file (its snapshot, megabytes at 100,000
+        sources, is not read); None when one does not say."""
+        found = []
+        for number in self.history_numbers():
+            where = self._entry_path(number)
+            try:
+                with self._sub("history") as fd:
+                    head = safefs.read_file(fd, where.name, str(where), prefix=_ENTRY_HEAD).decode("utf-8", "replace")
+                start = head.index('"before": ') + len('"before": ')
+                found.append(self._source(json.JSONDecoder().raw_decode(head, start)[0]))
+            except FileNotFoundError:
+                continue
+            except (StateError, ValueError, TypeError, KeyError):
+                return None
+        return found
+
+    def _current_from_json(self, raw: dict[str, Any]) -> Current:
+        return Current(self._source(raw["policy"]), _choice(raw, "action", _CURRENT_ACTIONS), _float(raw, "time"),
+                       _origin(raw.get("origin")))
+
+    # -- watch's health: a heartbeat, not a record (written without fsync) ---------------------------
+    def write_watch(self, health: dict[str, Any]) -> None:
+        with contextlib.suppress(StateError, FileNotFoundError), self._root() as fd:
+            safefs.write_file(fd, "watch.json", json.dumps({"format": _FORMAT, **health}).encode(),
+                              str(self.path / "watch.json"), durable=False)
+
+    def watch_health(self) -> dict[str, Any] | None:
+        return self._read_checked("watch.json", _watch_from_json)
 
     # -- the change being made: a journal of one ----------------------------------------------------
     def write_intent(self, intent: Intent) -> None:
@@ -488,14 +651,29 @@ class StateDir:
         return HistoryEntry(number, backend, _float(raw, "timestamp"), _choice(raw, "action", _ACTIONS),
                             _text(raw, "policy_digest", _DIGEST, optional=True),
                             _text(raw, "policy_path", optional=True),
-                            self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")))
+                            self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")),
+                            _origin(raw.get("origin")), self._source(raw.get("before")), "before" in raw)
 
     def _pending_from_json(self, raw: dict[str, Any]) -> PendingRecord:
         backend = self._backend(raw["backend"])
         pending = Pending(str(_text(raw, "token", TOKEN)), backend, _float(raw, "created"), _float(raw, "deadline"),
                           _int(raw, "entry", 1, 10**9), str(_text(raw, "policy_digest", _DIGEST)),
                           str(_text(raw, "boot_id", _BOOT_ID, optional=True) or ""))
-        return PendingRecord(pending, self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")))
+        return PendingRecord(pending, self._snapshot(raw["snapshot"], backend), self._state(raw.get("previous")),
+                             self._source(raw.get("before")), "before" in raw)
+
+    def _source(self, raw: Any) -> PolicySource | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise TypeError("a policy source is not an object")
+        files = raw.get("files", [])
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+        return PolicySource(_absolute(_text(raw, "path")), str(_text(raw, "digest", _SHA256)),
+                            tuple((_absolute(path), str(_text({"digest": digest}, "digest", _SHA256)))
+                                  for path, digest in (_strings(pair, "a list file", 2) for pair in files)),
+                            self._backend(raw["backend"]))
 
     def _installed_from_json(self, raw: dict[str, Any]) -> dict[str, Any]:
         facts = raw["facts"]
@@ -649,6 +827,59 @@ def write_atomic(path: Path, text: str) -> None:
 
 def _write_json(directory: int, path: Path, data: dict[str, Any]) -> None:
     safefs.write_file(directory, path.name, json.dumps(data, indent=1).encode(), str(path))
+
+
+def _source_json(source: PolicySource | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    return {"path": source.path, "digest": source.digest, "files": [list(pair) for pair in source.files],
+            "backend": source.backend}
+
+
+def _origin(raw: Any) -> Origin | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TypeError("origin is not an object")
+    login = raw.get("login_uid")
+    return Origin(_printable(str(_text(raw, "command")), "origin.command"), _int(raw, "uid", 0, 2**32 - 1),
+                  None if login is None else _int(raw, "login_uid", 0, 2**32 - 1),
+                  _printable(str(_text(raw, "reason")), "origin.reason"))
+
+
+_WATCH_STATES = ("starting", "enforcing", "waiting for confirmation", "idle", "failing", "stopped")
+
+
+def _watch_from_json(raw: dict[str, Any]) -> dict[str, Any]:
+    health: dict[str, Any] = {
+        "pid": _int(raw, "pid", 1, 2**31 - 1), "started": _float(raw, "started"),
+        "interval": _float(raw, "interval"), "state": _choice(raw, "state", _WATCH_STATES),
+        "checks": _int(raw, "checks", 0, 2**62), "repairs": _int(raw, "repairs", 0, 2**62),
+        "failures": _int(raw, "failures", 0, 2**62),
+        "policy": _text(raw, "policy", optional=True), "message": _text(raw, "message", optional=True)}
+    for key in ("last_check", "last_success", "last_repair", "last_failure"):
+        health[key] = None if raw.get(key) is None else _float(raw, key)
+    return health
+
+
+def _absolute(path: str | None) -> str:
+    if not path or not path.startswith("/") or "\0" in path:
+        raise ValueError("a policy path is not absolute")
+    return path
+
+
+def _shown(command: str) -> str:
+    """A command line as recorded: printable, at most 512 characters."""
+    printable = "".join(char if char.isprintable() else "?" for char in command)
+    return printable if len(printable) <= 512 else printable[:509] + "..."
+
+
+def _login_uid() -> int | None:
+    try:
+        value = int(Path("/proc/self/loginuid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if value == 0xFFFFFFFF else value  # (uid_t) -1: no login session set it
 
 
 # -- field validation: a planted or damaged file is refused, never half-trusted ---------------------------

@@ -1,4 +1,4 @@
-"""Tampering that keeps every comment is drift: `status -c` names it (exit 3), `apply` repairs it.
+"""Tampering that keeps every comment is drift: `status -c` names it (exit 3), `apply` and `watch` repair it.
 
 Each case changes one of our rules (or sets, or the table) in place the way an admin or a script would:
 `nft replace rule ... handle H` / `iptables -R CHAIN N`, `nft add element` / `ipset add`, with the rule's
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -197,6 +198,40 @@ def test_tampering_is_reported_and_repaired(make_topology, tmp_path: Path, backe
     assert repaired.returncode == 0 and "applied ruleset" in repaired.stdout, repaired.stdout + repaired.stderr
     after = dockerguard(topo, "status", "-c", str(policy), "--backend", backend)
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+WATCH_CASES = {"nft": "another interface", "iptables-nft": "another verdict", "iptables-legacy": "set member added"}
+
+
+@pytest.mark.parametrize("backend", [b for b in WATCH_CASES if b in DRIVERS])
+def test_watch_repairs_tampering_and_says_what_differed(make_topology, tmp_path: Path, backend: str) -> None:  # type: ignore[no-untyped-def]
+    topo: Topology = make_topology(FLAVOUR[backend])
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    log = tmp_path / "watch.log"
+    with log.open("w") as stderr:
+        watcher = subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns("host"), sys.executable, "-m", "dockerguard", "watch", "-c", str(policy),
+             "--backend", backend, "--interval", "0.5", "--docker-socket", str(tmp_path / "no-docker.sock")],
+            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        def in_sync() -> bool:
+            return dockerguard(topo, "status", "-c", str(policy), "--backend", backend).returncode == 0
+
+        assert _wait(in_sync, 20), "watch never installed the policy"
+        tamper, shown = CASES[backend][WATCH_CASES[backend]]
+        tamper(topo)
+        assert _wait(lambda: shown in log.read_text(), 15), log.read_text()
+        assert _wait(in_sync, 10), "watch did not repair the tampering"
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        try:
+            watcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait(timeout=5)
+    warning = [line for line in log.read_text().splitlines() if shown in line]
+    assert warning and "WARNING" in warning[0], log.read_text()
 
 
 def _wait(condition: Callable[[], bool], seconds: float) -> bool:

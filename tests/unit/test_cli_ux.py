@@ -267,7 +267,8 @@ sources = ["@office"]
 '''
 
 STATUS_KEYS = {"backend", "installed", "in_sync", "detection", "path", "diff", "pending", "interrupted", "history",
-               "last_rollback", "state_dir", "state_error", "policy_path", "entries", "drops", "unfinished"}
+               "last_rollback", "state_dir", "state_error", "policy_path", "entries", "drops", "unfinished", "current",
+               "watch"}
 ENTRY_KEYS = {"section", "number", "entry", "ports", "proto", "sources", "limits", "packets", "bytes", "shared",
               "published"}
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dockerguard import Engine, parse_policy
 from dockerguard.backends import InstalledRule, InstalledState
 from dockerguard.backends.fake import FakeBackend
-from dockerguard.diff import Change, change_count, diff_states
+from dockerguard.diff import Change, change_counts, diff_states, summary
 
 POLICY = parse_policy('[[allow]]\nports = [443]\n')
 OTHER = parse_policy('[[allow]]\nports = [80]\n')
@@ -75,9 +77,18 @@ def test_empty_diff_means_apply_is_a_no_op() -> None:
     assert fake.transactions == 1
 
 
-def test_the_change_count_is_the_length_of_the_diff() -> None:
+def test_the_change_counts_are_the_diff_s_additions_and_removals() -> None:
     cases = [(state(["a"], {"s": ["1", "2"], "gone": ["9"]}), state(["a"], {"s": ["2", "3"], "new": ["4", "5"]})),
              (None, state(["a"], {"s": ["1"]})), (state(["a", "b", "c"]), state(["b", "a", "c"])),
-             (state([], hooks=("old",)), state([], hooks=("new",))), (state(["a"]), state(["a"]))]
+             (state([], hooks=("old",)), state([], hooks=("new",))), (state(["a"]), state(["a"])),
+             (replace(state([], {"s": ["1"]}), set_specs=(("s", "type a"),)),
+              replace(state([], {"s": ["1"]}), set_specs=(("s", "type b"),)))]
     for old, new in cases:
-        assert change_count("t", old, new) == len(diff_states("t", old, new).changes)
+        changes = diff_states("t", old, new).changes
+        assert change_counts("t", old, new) == (sum(c.op == "+" for c in changes), sum(c.op == "-" for c in changes))
+
+
+def test_the_summary_shows_rules_first_and_counts_the_rest() -> None:
+    old = state(["a"], {"s": [str(n) for n in range(100)]})
+    new = state(["b"], {"s": []})
+    assert summary("t", old, new, limit=3) == ("- rule c: a", "+ rule c: b", "- element s: 0", "... 99 more")
