@@ -82,5 +82,6 @@ def test_edits_wait_for_sighup_broken_files_change_nothing_and_rollback_is_follo
             watcher.kill()
             code = watcher.wait(timeout=5)
     assert code == 0, log.read_text()
+    print(log.read_text())  # with -s: what the journal of such a watch says
     errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "port 0 out of range" in errors[0], log.read_text()
