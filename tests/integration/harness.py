@@ -3,8 +3,14 @@ read table by table with the product's parser."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from dockerguard.backends.iptables.rules import FilterTable, parse_save
 from dockerguard.sandbox import Outcome, Probe, ProbeReport, Topology
@@ -54,3 +60,34 @@ def saved_tables(save_text: str) -> dict[str, FilterTable]:
         name, _, body = section.partition("\n")
         tables[name.strip()] = parse_save(f"*filter\n{body}")
     return tables
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, step: float = 0.1) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; its last answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+@contextlib.contextmanager
+def watching(topo: Topology, policy: Path, backend: str, log: Path, interval: float = 0.5
+             ) -> Iterator[subprocess.Popen[bytes]]:
+    """`dockerguard watch` in the host namespace (no Docker behind its socket), its stderr into `log`;
+    stopped with SIGTERM on the way out (killed if it does not stop within 10 s)."""
+    with log.open("w") as stderr:
+        watcher = subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns("host"), sys.executable, "-m", "dockerguard", "watch", "-c", str(policy),
+             "--backend", backend, "--interval", str(interval), "--docker-socket", str(log.parent / "no-docker.sock")],
+            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        yield watcher
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        try:
+            watcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait(timeout=5)

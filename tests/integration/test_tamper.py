@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import pytest
 
 from dockerguard.backends import DRIVERS
 from dockerguard.sandbox import Topology
+
+from harness import wait_for, watching
 
 POLICY = """\
 external_interfaces = ["eth0"]
@@ -207,41 +207,20 @@ def test_watch_repairs_every_tampering_and_says_what_differed(make_topology, tmp
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     log = tmp_path / "watch.log"
-    with log.open("w") as stderr:
-        watcher = subprocess.Popen(
-            ["ip", "netns", "exec", topo.ns("host"), sys.executable, "-m", "dockerguard", "watch", "-c", str(policy),
-             "--backend", backend, "--interval", "0.5", "--docker-socket", str(tmp_path / "no-docker.sock")],
-            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
     missed = []
-    try:
+    with watching(topo, policy, backend, log):
         def in_sync() -> bool:
             return dockerguard(topo, "status", "-c", str(policy), "--backend", backend).returncode == 0
 
-        assert _wait(in_sync, 20), "watch never installed the policy"
+        assert wait_for(in_sync, 20, 0.2), "watch never installed the policy"
         for case, (tamper, shown) in CASES[backend].items():
             warnings = log.read_text().count(" WARNING ")
             tamper(topo)
-            if not (_wait(lambda seen=warnings: log.read_text().count(" WARNING ") > seen, 15)  # type: ignore[misc]
-                    and _wait(in_sync, 10)):
+            if not (wait_for(lambda seen=warnings: log.read_text().count(" WARNING ") > seen, 15, 0.2)  # type: ignore[misc]
+                    and wait_for(in_sync, 10, 0.2)):
                 missed.append(f"{case}: not repaired")
                 continue
             warning = [line for line in log.read_text().splitlines() if " WARNING " in line][warnings:]
             if not any("differed from the policy in force" in line and shown in line for line in warning):
                 missed.append(f"{case}: {warning}")
-    finally:
-        watcher.send_signal(signal.SIGTERM)
-        try:
-            watcher.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            watcher.wait(timeout=5)
     assert not missed, "\n".join(missed) + "\n" + log.read_text()
-
-
-def _wait(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()

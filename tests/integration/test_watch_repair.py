@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ import pytest
 from dockerguard.backends import DRIVERS
 from dockerguard.sandbox import HOST_EXT_V4, Probe, Topology
 
-from harness import probe_many
+from harness import probe_many, wait_for, watching
 
 # How an admin (or a reload script) wipes each backend's rules behind dockerguard's back.
 FLUSH = {
@@ -26,15 +22,6 @@ CASES = [(b, f) for b, f in [("nft", "iptables-nft"), ("iptables-nft", "iptables
                              ("iptables-legacy", "iptables-legacy")] if b in DRIVERS]
 
 
-def wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 @pytest.mark.parametrize(("backend", "flavour"), CASES, ids=[f"{b}-on-{f}" for b, f in CASES])
 def test_watch_repairs_a_flush(make_topology, tmp_path: Path, backend: str, flavour: str) -> None:  # type: ignore[no-untyped-def]
     topo: Topology = make_topology(flavour)
@@ -42,25 +29,13 @@ def test_watch_repairs_a_flush(make_topology, tmp_path: Path, backend: str, flav
     policy.write_text('[[allow]]\nports = [8080]\n')
     blocked = Probe("ext", HOST_EXT_V4, 9000)
     log = tmp_path / "watch.log"
-    with log.open("w") as stderr:
-        watcher = subprocess.Popen(
-            ["ip", "netns", "exec", topo.ns("host"), sys.executable, "-m", "dockerguard", "watch", "-c", str(policy),
-             "--backend", backend, "--interval", "0.5", "--docker-socket", str(tmp_path / "no-docker.sock")],
-            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
-    try:
+    with watching(topo, policy, backend, log):
         assert wait_for(lambda: not probe_many(topo, [blocked])[0], 15), "watch never installed the rules"
         topo.run("host", FLUSH[backend])
         assert probe_many(topo, [blocked]) == [True], "the flush did not open the port (test is not testing)"
         assert wait_for(lambda: not probe_many(topo, [Probe("ext", HOST_EXT_V4, 9000, timeout=0.5)])[0], 10), \
             "watch did not repair the flushed rules"
         assert probe_many(topo, [Probe("ext", HOST_EXT_V4, 8080)]) == [True]
-    finally:
-        watcher.send_signal(signal.SIGTERM)
-        try:
-            watcher.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            watcher.wait(timeout=5)
     text = log.read_text()
     assert "INFO watch start: applied" in text, text  # the start puts the file's policy in force
     assert re.search(r"WARNING [A-Za-z ]+: the kernel differed from the policy in force", text), text  # the flush
