@@ -132,7 +132,8 @@ class PolicySource:
 @dataclass(frozen=True)
 class Current:
     """The operator's policy in force (current.json): `policy` None when dockerguard's rules were removed.
-    `action` is what put it there ("apply", "reload", "rollback", "remove", ...), `origin` who and why."""
+    `action` is what put it there ("apply", "rollback" or "remove"), `origin` who and why (its reason says
+    more: "reload", "deadline", ...)."""
 
     policy: PolicySource | None
     action: str
@@ -478,7 +479,7 @@ class StateDir:
 
     def write_current(self, current: Current, files: dict[str, bytes] | None = None) -> None:
         """Put `current` in force: `files` (sha256 -> bytes) are its policy's files, stored first; then the
-        policy files nothing refers to any more (not current, no history entry, no pending file) go."""
+        policy files nothing refers to any more (neither `current` nor a history entry) go."""
         if files:
             with self._sub(_POLICY_STORE, create=True) as fd:
                 have = set(os.listdir(fd))
