@@ -108,3 +108,61 @@ def test_an_extension_error_after_libnftables_is_an_exception_not_an_exit(netns:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "raised" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)
+
+
+def _libiptc_or_skip() -> None:
+    if importlib.util.find_spec("iptc") is None:
+        if _in_ci():
+            pytest.fail("python-iptables is not installed: CI installs the libiptc extra")
+        pytest.skip("python-iptables is not installed (the libiptc extra)")
+    refusal = IptablesLegacyBackend._python_iptables_refusal()
+    if refusal is not None:
+        pytest.skip(f"this libxtables takes the restore path: {refusal}")
+
+
+LIMITED = parse_policy('external_interfaces = ["eth0"]\n[[allow]]\nports = [443]\nlimit = "1/second"\n')
+
+
+def test_ipv6_jumps_committed_through_libiptc_are_the_ones_ip6tables_makes(netns: str) -> None:
+    """python-iptables 1.2.0 gave IPv6 interface matches a one-bit mask per character: a libiptc commit of
+    `-i ab` followed by a transaction through ip6tables-legacy-restore (rate limits take that path), which
+    deletes the jump by its spec, failed (found by tests/reliability/test_apply_property.py)."""
+    _libiptc_or_skip()
+    from dockerguard.backends.iptables.legacy import _iptc, damaged_masks
+
+    engine = Engine(IptablesLegacyBackend())
+    engine.apply(parse_policy('external_interfaces = ["ab"]\n[[allow]]\nports = [2]\n'), guard=False)
+    assert damaged_masks(_iptc()) == []
+    assert engine.apply(LIMITED, guard=False).changed
+    assert OUR_JUMP in saved(6)
+
+
+def test_jumps_an_older_dockerguard_left_with_one_bit_masks_are_drift_and_mended(netns: str) -> None:
+    _libiptc_or_skip()
+    from dockerguard.backends.iptables import legacy
+
+    engine = Engine(IptablesLegacyBackend())
+    engine.apply(POLICY, guard=False)
+    iptc = legacy._iptc()
+    table = legacy._private_table(iptc, legacy.Family.IPV6)
+    chain = iptc.Chain(table, "DOCKER-USER")
+    rule = chain.rules[0]
+    rule.entry.ipv6.iniface_mask = b"\x01" * 5  # what python-iptables 1.2.0 wrote for "eth0"
+    chain.replace_rule(rule, 0)
+    table.commit()
+    table.close()
+    assert legacy.damaged_masks(iptc) == [("DOCKER-USER", 1)]
+    status = engine.status(POLICY)
+    assert status.in_sync is False
+    assert any("DOCKER-USER rule 1: its interface compares one bit" in change.what
+               for change in status.diff.changes)  # type: ignore[union-attr]
+    assert engine.apply(POLICY, guard=False).changed
+    assert legacy.damaged_masks(iptc) == [] and engine.status(POLICY).in_sync is True
+
+
+def test_a_comment_that_reads_like_an_option_is_committed_through_libiptc(netns: str) -> None:
+    """Free text after --comment is one value, even when it starts with "-" (found by the property test)."""
+    _libiptc_or_skip()
+    text = 'external_interfaces = ["eth0"]\n[[deny]]\nsources = ["192.0.2.0/24"]\ncomment = "-A INPUT -j ACCEPT"\n'
+    assert Engine(IptablesLegacyBackend()).apply(parse_policy(text), guard=False).changed
+    assert any('--comment "-A INPUT -j ACCEPT"' in rule for rule in saved(4))

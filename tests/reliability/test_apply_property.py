@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from relenv import Netns, dockerguard_argv, throwaway_netns
 from test_policy_properties import policies
 
@@ -135,7 +135,10 @@ def kernel_view(ns: Netns, backend: str) -> Any:
 def test_apply_a_then_b_holds_exactly_what_export_of_b_loads(netns: Netns, tmp_path: Path, backend: str) -> None:
     seen = {"examples": 0, "changed": 0}
 
-    @settings(max_examples=EXAMPLES, **SETTINGS)  # type: ignore[arg-type]
+    # No shrinking: an example costs seconds of kernel work, and shrinking one ran past five minutes (the
+    # failing pair is reported as generated; tests/integration keeps the small case it turned out to be).
+    @settings(max_examples=EXAMPLES, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+              **SETTINGS)  # type: ignore[arg-type]
     @given(a=policies(may_stray=False), b=policies(may_stray=False))
     def property_holds(a: str, b: str) -> None:
         assume(valid(a) and valid(b))

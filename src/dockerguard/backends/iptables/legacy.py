@@ -43,13 +43,14 @@ import re
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from ...errors import TransactionError
 from ...locking import flock_exclusive
 from ...model import Family
 from ...stderr_noise import privilege_noise_filtered
-from ..base import ProbeResult
+from ..base import InstalledState, ProbeResult, Rendered, Snapshot
 from ..common import run_tool
 from . import rules
 from .driver import IptablesDriver, ipset_detail, probe_binaries
@@ -177,6 +178,36 @@ class IptablesLegacyBackend(IptablesDriver):
                                     f"({rules.family_label(family)} {spec!r}: {_message(exc)})")
                     break
         return cls._refusal or None
+
+    # -- IPv6 rules with python-iptables 1.2.0's interface masks (see _mend_masks) --------------------
+    def installed(self) -> InstalledState | None:
+        return self._with_damage(super().installed())
+
+    def read(self) -> tuple[InstalledState | None, Snapshot]:
+        state, snapshot = super().read()
+        return self._with_damage(state), snapshot
+
+    def apply(self, rendered: Rendered) -> None:
+        self._mend()
+        super().apply(rendered)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self._mend()
+        super().restore(snapshot)
+
+    def _with_damage(self, state: InstalledState | None) -> InstalledState | None:
+        """A damaged mask is a fact about how traffic reaches (or runs through) our rules: drift."""
+        if state is None or self._python_iptables_refusal() is not None:
+            return state
+        damaged = damaged_masks(_iptc())  # a read: libiptc takes the table whole, no lock needed
+        facts = tuple(f"ipv6 {chain} rule {position}: its interface compares one bit per character (written by "
+                      "python-iptables 1.2.0)" for chain, position in damaged)
+        return replace(state, hooks=state.hooks + facts) if facts else state
+
+    def _mend(self) -> None:
+        if self._python_iptables_refusal() is None:
+            with xtables_lock():
+                damaged_masks(_iptc(), mend=True)
 
     def _lock(self, target: Iterable[Layout] = ()) -> contextlib.AbstractContextManager[object]:
         if self._python_iptables_refusal() is not None or _rate_limited(target):
@@ -319,7 +350,10 @@ def _rule(iptc: Any, table: Any, family: Family, spec: str) -> Any:
         if token.startswith("--") and module is not None:
             index += 1
             values: list[str] = []
-            # Option values never start with "-" in what we render or what -save prints for our rules.
+            if token in rules.STRING_OPTIONS and index < len(tokens):  # free text: one token, whatever it says
+                values.append(tokens[index])
+                index += 1
+            # Other option values never start with "-" in what we render or what -save prints for our rules.
             while index < len(tokens) and tokens[index] != "!" and not tokens[index].startswith("-"):
                 values.append(tokens[index])
                 index += 1
@@ -327,7 +361,46 @@ def _rule(iptc: Any, table: Any, family: Family, spec: str) -> Any:
             negate = False
             continue
         raise ValueError(f"unsupported token {token!r}")
+    if family is Family.IPV6:
+        _mend_masks(rule)
     return rule
+
+
+# python-iptables 1.2.0 writes an IPv6 interface match with a mask of 0x01 per character where ip6tables
+# writes 0xff: the kernel then compares one bit of each character (`-i eth0` matches other names too), and
+# ip6tables-restore cannot delete such an entry by its spec. iptables-save prints both alike.
+_INTERFACE_MASKS = ("iniface_mask", "outiface_mask")
+
+
+def _mend_masks(rule: Any) -> bool:
+    """Give an IPv6 rule the interface masks ip6tables gives it; True when there was something to mend."""
+    mended = False
+    for name in _INTERFACE_MASKS:
+        mask = bytes(getattr(rule.entry.ipv6, name))
+        if mask.strip(b"\x00\xff"):
+            setattr(rule.entry.ipv6, name, bytes(0xFF if byte else 0 for byte in mask))
+            mended = True
+    return mended
+
+
+def damaged_masks(iptc: Any, mend: bool = False) -> list[tuple[str, int]]:
+    """The IPv6 rules (chain, 1-based position) with such a mask (an older dockerguard committed them through
+    python-iptables); with `mend`, each is replaced in place by the same rule with ip6tables' masks, in one
+    commit (what decides changes only as the rule's own text says it should)."""
+    table = _private_table(iptc, Family.IPV6)
+    found = []
+    try:
+        for chain in table.chains:
+            for position, rule in enumerate(chain.rules, start=1):
+                if any(bytes(getattr(rule.entry.ipv6, name)).strip(b"\x00\xff") for name in _INTERFACE_MASKS):
+                    found.append((chain.name, position))
+                    if mend and _mend_masks(rule):
+                        chain.replace_rule(rule, position - 1)
+        if mend and found:
+            table.commit()
+    finally:
+        table.close()
+    return found
 
 
 _RULE_CLASSES: dict[Family, Any] = {}

@@ -122,7 +122,7 @@ def quote(token: str) -> str:
 
 
 _SAVE_PLAIN = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_STRING_OPTIONS = ("--comment", "--log-prefix")  # values iptables-save writes with xtables_save_string
+STRING_OPTIONS = ("--comment", "--log-prefix")  # values iptables-save writes with xtables_save_string
 
 
 def save_string(value: str) -> str:
@@ -157,7 +157,7 @@ def canonical(spec: str) -> str:
             if not after.startswith("--") and after != "!":  # a protocol match without options adds nothing
                 index += 2
                 continue
-        if token in _STRING_OPTIONS and following is not None:
+        if token in STRING_OPTIONS and following is not None:
             out += [token, save_string(following)]
             index += 2
             continue
@@ -602,7 +602,7 @@ def _checked_spec(spec: Any) -> str | None:
     index = 0
     while index < len(tokens):
         token = tokens[index]
-        if token in _STRING_OPTIONS:  # a comment may say anything
+        if token in STRING_OPTIONS:  # a comment may say anything
             index += 2
             continue
         if token in _COMMANDS:
