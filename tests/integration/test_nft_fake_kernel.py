@@ -53,8 +53,8 @@ def test_fake_and_real_kernel_read_back_alike(netns: str) -> None:
     faked = NftBackend(FakeNftKernel())
     # nft 0.9.8 (bullseye) lists IPv6 prefixes inside concatenations as /64, so the driver reads them as
     # "/?" there: the fake kernel answers exactly, and is read the way this host's nft must be read.
-    unreadable = live._ipv6_prefixes_unreadable()
-    faked._ipv6_prefixes_unreadable = lambda: unreadable  # type: ignore[method-assign]
+    unreadable = live._old_nft()
+    faked._old_nft = lambda: unreadable  # type: ignore[method-assign]
     fake = journey(faked)
     assert real == fake
     assert real[3] is True and real[5] is True and real[-1] is None

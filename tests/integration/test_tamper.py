@@ -175,6 +175,11 @@ FLAVOUR = {"nft": "iptables-nft", "iptables-nft": "iptables-nft", "iptables-lega
 PARAMS = [(backend, case) for backend in CASES if backend in DRIVERS for case in CASES[backend]]
 
 
+def _nft_before_1_0() -> bool:
+    version = subprocess.run(["nft", "--version"], capture_output=True, text=True, timeout=10).stdout
+    return version.split()[1].lstrip("v").startswith("0.")
+
+
 def dockerguard(topo: Topology, *args: str) -> subprocess.CompletedProcess[str]:
     return topo.run("host", [sys.executable, "-m", "dockerguard", *args], check=False, timeout=60)
 
@@ -182,6 +187,9 @@ def dockerguard(topo: Topology, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.distro
 @pytest.mark.parametrize(("backend", "case"), PARAMS, ids=[f"{b}-{c.replace(' ', '-')}" for b, c in PARAMS])
 def test_tampering_is_reported_and_repaired(make_topology, tmp_path: Path, backend: str, case: str) -> None:  # type: ignore[no-untyped-def]
+    if backend == "nft" and case in ("another burst", "another rate") and _nft_before_1_0():
+        pytest.skip("nft before 1.0 lists a per-source limit without its rate and burst: they are not compared "
+                    "there (`dockerguard backends` says so)")
     topo: Topology = make_topology(FLAVOUR[backend])
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
@@ -214,6 +222,8 @@ def test_watch_repairs_every_tampering_and_says_what_differed(make_topology, tmp
 
         assert wait_for(in_sync, 20, 0.2), "watch never installed the policy"
         for case, (tamper, shown) in CASES[backend].items():
+            if backend == "nft" and case in ("another burst", "another rate") and _nft_before_1_0():
+                continue  # not compared there: see test_tampering_is_reported_and_repaired
             warnings = log.read_text().count(" WARNING ")
             tamper(topo)
             if not (wait_for(lambda seen=warnings: log.read_text().count(" WARNING ") > seen, 15, 0.2)  # type: ignore[misc]

@@ -27,12 +27,12 @@ def test_nft_0_9_8_ipv6_prefix_listing_is_compared_by_address() -> None:
         {"concat": [{"prefix": {"addr": "::", "len": 64}}, 443]},
         {"concat": ["2001:db8:100::7", 9100]}]}}
     assert _state([sent]) != _state([listed])  # an exact comparison would call this drift
-    assert _state([sent], loose_ipv6_prefixes=True) == _state([listed], loose_ipv6_prefixes=True)
+    assert _state([sent], old_nft=True) == _state([listed], old_nft=True)
     wrong_address = {"set": {"name": "allow_v6_tcp", "elem": [
         {"concat": [{"prefix": {"addr": "2001:db8:9::", "len": 64}}, 8443]},
         {"concat": [{"prefix": {"addr": "::", "len": 64}}, 443]},
         {"concat": ["2001:db8:100::7", 9100]}]}}
-    assert _state([sent], loose_ipv6_prefixes=True) != _state([wrong_address], loose_ipv6_prefixes=True)
+    assert _state([sent], old_nft=True) != _state([wrong_address], old_nft=True)
 
 
 def test_version_parsing() -> None:

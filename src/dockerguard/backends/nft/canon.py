@@ -27,13 +27,18 @@ _DEFAULT_REJECT = {"type": "icmpx", "expr": "port-unreachable"}
 _SET_NAMING = frozenset({"family", "table", "name", "handle", "elem"})
 
 
-def rule_body(statements: list[dict[str, Any]]) -> str:
+def rule_body(statements: list[dict[str, Any]], old_nft: bool = False) -> str:
     """A rule's statements in normal form, as nft-like text (one token group per statement)."""
-    return " ".join(_text(statement) for statement in normalised(statements))
+    return " ".join(_text(statement) for statement in normalised(statements, old_nft))
 
 
-def normalised(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def normalised(statements: list[dict[str, Any]], old_nft: bool = False) -> list[dict[str, Any]]:
+    """`old_nft`: nft before 1.0 (Debian 11's 0.9.8) lists a set statement without the limit it carries,
+    though the kernel holds it: the limit is then left out of the comparison (`backends` says so)."""
     out = [_statement(statement) for statement in statements]
+    if old_nft:
+        out = [{"set": {key: value for key, value in statement["set"].items() if key != "stmt"}}
+               if isinstance(statement.get("set"), dict) else statement for statement in out]
     # Matches before the first other statement are one conjunction: a protocol check that another of them
     # implies is redundant there (the kernel checks it for that match anyway). After a statement with an
     # effect (a set update, a limit) a check is no longer redundant, so only the leading run is pruned.

@@ -84,8 +84,9 @@ class NftBackend(Backend):
         if rc != 0:
             return ProbeResult(self.name, False, f"nft {version} rejects the ruleset form: {error.strip()}",
                                details)
-        note = (" (lists IPv6 prefixes inside concatenations as /64: read-back compares those elements' "
-                "addresses, not their prefix lengths)" if version_tuple(version) < (1, 0) else "")
+        note = (" (lists IPv6 prefixes inside concatenations as /64 and per-source limits without their rate "
+                "and burst: read-back compares those elements' addresses, not their prefix lengths, and not "
+                "those rates and bursts)" if version_tuple(version) < (1, 0) else "")
         return ProbeResult(self.name, True, f"libnftables {version}{note}", details)
 
     # -- rendering -------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class NftBackend(Backend):
         return Rendered(self.name, lambda: built.text, built.payload)
 
     def expected(self, ruleset: Ruleset) -> InstalledState:
-        return state_of(self.transaction(ruleset).state_objects, self._ipv6_prefixes_unreadable())
+        return state_of(self.transaction(ruleset).state_objects, self._old_nft())
 
     def render_persistent(self, ruleset: Ruleset, family: Family) -> str:
         """The same transaction as `render`, written as an `nft -f` file (both families: one inet table)."""
@@ -113,7 +114,7 @@ class NftBackend(Backend):
 
     def installed(self) -> InstalledState | None:
         objects = self._list_table()
-        return None if objects is None else state_of(objects, self._ipv6_prefixes_unreadable())
+        return None if objects is None else state_of(objects, self._old_nft())
 
     def snapshot(self) -> Snapshot:
         """Our table's chains, sets and rules as listed (counters included), as JSON data; None: no table."""
@@ -123,7 +124,7 @@ class NftBackend(Backend):
         objects = self._list_table()  # one listing for both: a large set costs as much to list as to load
         if objects is None:
             return None, Snapshot(self.name, None)
-        return (state_of(objects, self._ipv6_prefixes_unreadable()),
+        return (state_of(objects, self._old_nft()),
                 Snapshot(self.name, [_snapshot_form(item) for item in objects if "table" not in item]))
 
     def generation(self) -> int | None:
@@ -244,10 +245,10 @@ class NftBackend(Backend):
             raise TransactionError(f"nft listed table inet {table['name']} as invalid JSON") from None
         return [item for item in listed if any(kind in item for kind in _LISTED_KINDS)]
 
-    def _ipv6_prefixes_unreadable(self) -> bool:
-        """nft before 1.0 (Debian 11's 0.9.8) lists every IPv6 prefix inside a concatenation as /64, though
-        the kernel holds the right one (a newer nft lists it correctly). With such an nft, read-back can
-        only compare those elements' addresses, not their prefix lengths."""
+    def _old_nft(self) -> bool:
+        """nft before 1.0 (Debian 11's 0.9.8) lists less than the kernel holds: every IPv6 prefix inside a
+        concatenation as /64, a set statement without its limit (a newer nft lists both correctly). With such
+        an nft, read-back compares those elements' addresses, not their prefix lengths, and not the limits."""
         return version_tuple(self._version()) < (1, 0)
 
     def _version(self) -> str:

@@ -16,9 +16,11 @@ from .canon import rule_body, set_spec
 from .text import as_list
 
 
-def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -> InstalledState:
+def state_of(objects: list[dict[str, Any]], old_nft: bool = False) -> InstalledState:
     """`objects`: {"table": ...}/{"chain": ...}/{"set": ...}/{"rule": ...} items, as rendered or as listed.
-    Rules and sets are compared in canon's normal form: everything that decides packets."""
+    Rules and sets are compared in canon's normal form: everything that decides packets. `old_nft`: read by
+    an nft before 1.0, which lists less than the kernel holds (see `element_texts`, `canon.normalised`):
+    what it cannot list is left out on both sides."""
     hooks: list[str] = []
     rules: list[InstalledRule] = []
     sets: list[tuple[str, tuple[str, ...]]] = []
@@ -44,14 +46,14 @@ def state_of(objects: list[dict[str, Any]], loose_ipv6_prefixes: bool = False) -
                 elements = sorted(_address_texts(nft_set.get("elem", [])))
             else:
                 elements = sorted({text for elem in nft_set.get("elem", [])
-                                   for text in element_texts(elem, loose_ipv6_prefixes, kind)})
+                                   for text in element_texts(elem, old_nft, kind)})
             sets.append((nft_set["name"], tuple(elements)))
             specs.append((nft_set["name"], set_spec(nft_set)))
         elif "rule" in item:
             rule = item["rule"]
             packets, octets = _counter(rule["expr"])
             description = f"{rule.get('comment', '?')} -> {_verdict(rule['expr'])}"
-            rules.append(InstalledRule(rule["chain"], description, packets, octets, rule_body(rule["expr"])))
+            rules.append(InstalledRule(rule["chain"], description, packets, octets, rule_body(rule["expr"], old_nft)))
     return InstalledState("nft", tuple(hooks), tuple(rules), tuple(sorted(sets)), tuple(sorted(specs)))
 
 
